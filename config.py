@@ -1,0 +1,88 @@
+"""Every setting of the service, read from environment variables (or a .env file).
+
+Names are the upper-case field names (MODEL_PATH, ENGINE, ...). Values are validated at start-up:
+a bad value stops the service with a message naming the variable, instead of failing later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+Mode = Literal["tiny", "small", "base", "large", "gundam"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- engine -------------------------------------------------------------------------
+    engine: Literal["auto", "vllm", "cpu"] = Field(
+        "auto", description="auto: vLLM when CUDA, vllm and the weights are all there, else the CPU engine"
+    )
+    model_path: str = Field("deepseek-ai/DeepSeek-OCR", description="local folder or hub id of the weights")
+    load_format: str = Field("auto", description="vLLM load format; 'dummy' = random weights (tests)")
+    gpu_mem_utilization: float = Field(0.75, gt=0.0, le=1.0)
+    max_concurrency: int = Field(100, ge=1, le=4096, description="requests the engine runs at once")
+    max_model_len: int = Field(8192, ge=512)
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    num_workers: int = Field(2, ge=1, le=256, description="CPU workers for decoding, tiling and the CPU engine")
+    cpu_engine_threads: int = Field(0, ge=0, description="ONNX threads per CPU-engine worker (0 = runtime default)")
+
+    # --- image preprocessing (the official scripts' names) ---------------------------------
+    base_size: int = Field(1024, ge=256, le=2048)
+    image_size: int = Field(640, ge=256, le=2048)
+    crop_mode: bool = True
+    min_crops: int = Field(2, ge=1)
+    max_crops: int = Field(6, ge=1, le=64)
+    default_mode: Mode = "gundam"
+
+    # --- generation ---------------------------------------------------------------------
+    max_tokens: int = Field(8192, ge=1)
+    ngram_size: int = Field(30, ge=0, description="repetition guard n-gram size (0 = off)")
+    ngram_window: int = Field(90, ge=1)
+    ngram_whitelist_token_ids: Annotated[list[int], NoDecode] = Field(default=[128821, 128822])
+
+    # --- limits -------------------------------------------------------------------------
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(60_000_000, ge=10_000, description="width x height of one image")
+    max_pdf_pages: int = Field(500, ge=1)
+    max_batch_files: int = Field(100, ge=1)
+    request_timeout_s: float = Field(300.0, gt=0)
+    url_timeout_s: float = Field(20.0, gt=0)
+    url_max_redirects: int = Field(5, ge=0, le=20)
+    allow_private_urls: bool = Field(False, description="let image_url/pdf_url reach private/loopback hosts")
+    url_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default=[], description="CIDRs image_url may reach even if private, e.g. 10.1.0.0/16"
+    )
+
+    # --- storage and serving ------------------------------------------------------------
+    data_dir: Path = Path("data")
+    log_level: str = "INFO"
+
+    @field_validator("ngram_whitelist_token_ids", mode="before")
+    @classmethod
+    def _split_ints(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [int(x) for x in v.replace(",", " ").split()]
+        return v
+
+    @field_validator("url_allow_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [x for x in v.replace(",", " ").split()]
+        for net in v or []:  # type: ignore[union-attr]
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

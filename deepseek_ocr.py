@@ -1,0 +1,248 @@
+"""The engine seam: the one async interface every router uses, the prompt catalogue, and engine selection.
+
+An engine takes a page image + prompt + options and returns DeepSeek-OCR's raw text (grounding tokens
+kept), token counts and timings. Two engines sit behind it: vLLM's native DeepSeek-OCR (GPU) and the
+embedded CPU engine (RapidOCR) that answers the same prompts with the same output structure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import importlib.util
+import logging
+import os
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from config import Settings
+from errors import InputError
+from process.image_process import ResolutionMode, TilePlan
+
+log = logging.getLogger("ocr.engine")
+
+# The official prompt catalogue (DeepSeek-OCR README); names usable wherever a prompt is accepted.
+PROMPTS: dict[str, str] = {
+    "document": "<image>\n<|grounding|>Convert the document to markdown.",
+    "ocr": "<image>\n<|grounding|>OCR this image.",
+    "free": "<image>\nFree OCR.",
+    "markdown": "<image>\nConvert the document to markdown.",
+    "figure": "<image>\nParse the figure.",
+    "describe": "<image>\nDescribe this image in detail.",
+    "locate": "<image>\nLocate <|ref|>{target}<|/ref|> in the image.",
+}
+DEFAULT_PROMPT = PROMPTS["document"]
+
+
+class Task(str, enum.Enum):
+    DOCUMENT_GROUNDED = "document_grounded"  # markdown + a box per block
+    OCR_GROUNDED = "ocr_grounded"  # a box per text line
+    FREE_OCR = "free_ocr"  # plain text in reading order
+    MARKDOWN = "markdown"  # markdown, no boxes
+    LOCATE = "locate"  # boxes of a given text
+    FIGURE = "figure"
+    DESCRIBE = "describe"
+    FREEFORM = "freeform"  # any other instruction
+
+
+_LOCATE_RE = re.compile(r"<\|ref\|>(.*?)<\|/ref\|>", re.S)
+_TEXT_WORDS = re.compile(r"\b(ocr|text|extract|read|transcribe|markdown|convert)\b", re.I)
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    prompt: str  # the full prompt sent to the model, <image> included
+    task: Task
+    target: str | None = None  # for LOCATE
+
+
+def resolve_prompt(prompt: str | None, target: str | None = None) -> PromptSpec:
+    """Catalogue name or free text -> the model prompt and what it asks for."""
+    p = (prompt or "").strip() or DEFAULT_PROMPT
+    if p.lower() in PROMPTS:
+        key = p.lower()
+        p = PROMPTS[key]
+        if key == "locate":
+            if not target:
+                raise InputError(422, "missing_target", "the 'locate' prompt needs a target text to find")
+            p = p.format(target=target)
+    p = p.replace("\\n", "\n")
+    if "<image>" not in p:
+        p = "<image>\n" + p
+    return PromptSpec(p, *classify(p))
+
+
+def classify(prompt: str) -> tuple[Task, str | None]:
+    body = prompt.replace("<image>", " ")
+    low = body.lower()
+    if "locate" in low and (m := _LOCATE_RE.search(body)):
+        return Task.LOCATE, m.group(1).strip()
+    grounding = "<|grounding|>" in low
+    if "markdown" in low:
+        return (Task.DOCUMENT_GROUNDED if grounding else Task.MARKDOWN), None
+    if "free ocr" in low:
+        return Task.FREE_OCR, None
+    if grounding:
+        return Task.OCR_GROUNDED, None
+    if "parse the figure" in low or "figure" in low and "parse" in low:
+        return Task.FIGURE, None
+    if "describe" in low:
+        return Task.DESCRIBE, None
+    if _TEXT_WORDS.search(low):
+        return Task.FREE_OCR, None
+    return Task.FREEFORM, None
+
+
+@dataclass
+class OCRRequest:
+    image: Image.Image
+    spec: PromptSpec
+    mode: ResolutionMode
+    plan: TilePlan
+    max_tokens: int = 8192
+    temperature: float = 0.0
+    ngram_size: int = 30  # repetition guard; 0 = off
+    ngram_window: int = 90
+    ngram_whitelist: tuple[int, ...] = (128821, 128822)
+    ignore_eos: bool = False
+    tiling: bool = False  # run the page as tiles (crop_mode=tiling) where the engine supports it
+    request_id: str = ""
+
+
+@dataclass
+class OCRResult:
+    text: str  # raw model output, grounding tokens kept
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: queue, preprocess, inference, total
+
+
+class EngineUnavailable(InputError):
+    def __init__(self, message: str):
+        super().__init__(503, "engine_unavailable", message, headers={"Retry-After": "30"})
+
+
+class OCREngine(ABC):
+    """Base of every engine: readiness, a bound on requests in flight, and counters."""
+
+    name: str = "engine"
+    tasks: frozenset[Task] = frozenset()
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.ready = False
+        self.error: str | None = None
+        self.model_name = settings.model_path
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self.in_flight = 0
+        self.completed = 0
+        self.failed = 0
+        self.busy_s = 0.0
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        self.ready = False
+
+    @abstractmethod
+    async def _run(self, req: OCRRequest) -> OCRResult: ...
+
+    def unsupported(self, task: Task) -> InputError:
+        return InputError(
+            422,
+            "prompt_not_supported",
+            f"the {self.name} engine cannot answer a '{task.value}' prompt; it needs the vllm engine "
+            f"(DeepSeek-OCR weights on a GPU: ENGINE=vllm, MODEL_PATH=...)",
+            accepted=[Task.DOCUMENT_GROUNDED.value, *sorted(t.value for t in self.tasks - {Task.DOCUMENT_GROUNDED})],
+        )
+
+    async def generate(self, req: OCRRequest) -> OCRResult:
+        if not self.ready:
+            raise EngineUnavailable(f"the {self.name} engine is not ready: {self.error or 'starting'}")
+        if req.spec.task not in self.tasks:
+            raise self.unsupported(req.spec.task)
+        t0 = time.perf_counter()
+        async with self._slots:
+            queued = time.perf_counter() - t0
+            self.in_flight += 1
+            try:
+                res = await self._run(req)
+            except BaseException:
+                self.failed += 1
+                raise
+            finally:
+                self.in_flight -= 1
+                self.busy_s += time.perf_counter() - t0 - queued
+        self.completed += 1
+        res.timings["queue"] = round(queued, 4)
+        res.timings["total"] = round(time.perf_counter() - t0, 4)
+        return res
+
+    async def stream(self, req: OCRRequest) -> AsyncIterator[str]:
+        """Text as it is produced. Engines that cannot stream yield the whole text once."""
+        res = await self.generate(req)
+        yield res.text
+
+    def info(self) -> dict:
+        return {
+            "engine": self.name,
+            "model_name": self.model_name,
+            "ready": self.ready,
+            "error": self.error,
+            "tasks": sorted(t.value for t in self.tasks),
+            "max_concurrency": self.settings.max_concurrency,
+            "in_flight": self.in_flight,
+            "completed": self.completed,
+            "failed": self.failed,
+        }
+
+
+def _weights_present(model_path: str) -> tuple[bool, str]:
+    p = Path(model_path)
+    if p.is_dir():
+        return (p / "config.json").exists(), f"folder {p}"
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    cached = hf_home / "hub" / ("models--" + model_path.replace("/", "--"))
+    return cached.exists(), f"hub id {model_path} (cache {cached})"
+
+
+def choose_engine(settings: Settings) -> tuple[str, str]:
+    """Which engine ENGINE=auto|vllm|cpu means on this machine, and why."""
+    if settings.engine != "auto":
+        return settings.engine, f"ENGINE={settings.engine}"
+    if importlib.util.find_spec("vllm") is None:
+        return "cpu", "vllm is not installed"
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "cpu", "no CUDA device"
+    except ImportError:
+        return "cpu", "torch is not installed"
+    ok, where = _weights_present(settings.model_path)
+    if not ok and settings.load_format != "dummy":
+        return "cpu", f"no weights at {where}"
+    return "vllm", f"CUDA, vllm and weights ({where}) present"
+
+
+def build_engine(settings: Settings) -> OCREngine:
+    kind, why = choose_engine(settings)
+    log.info("engine: %s (%s)", kind, why)
+    if kind == "vllm":
+        from engines.vllm_engine import VLLMEngine
+
+        engine: OCREngine = VLLMEngine(settings)
+    else:
+        from engines.cpu_engine import CPUEngine
+
+        engine = CPUEngine(settings)
+    engine.selection_reason = why  # type: ignore[attr-defined]
+    return engine

@@ -1,0 +1,176 @@
+"""The embedded CPU engine: RapidOCR (PP-OCRv4 ONNX models shipped in its wheel) behind the engine seam.
+
+It really reads text, offline, with no GPU and no weights to download, and answers the DeepSeek prompts
+it can honour with DeepSeek-shaped output: grounded Markdown, grounded lines, free text, Markdown and
+Locate. Figure/description prompts get a 422 naming the engine that can answer them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from config import Settings
+from deepseek_ocr import OCREngine, OCRRequest, OCRResult, Task
+from engines import layout
+from engines.layout import Line
+from process.image_process import tile_boxes
+
+log = logging.getLogger("ocr.cpu")
+# Tuned on born-digital pages at 144 dpi: finds tightly spaced lines the defaults (0.5, 1.6) miss.
+DETECTION = {"box_thresh": 0.3, "unclip_ratio": 1.4, "return_word_box": True}
+SPACE_GAP = 0.35  # a gap between two Latin characters wider than this x line height is a space
+
+
+def restore_spaces(text: str, char_boxes: list, chars: list[str]) -> str:
+    """PP-OCR's recogniser often drops spaces in English; put them back where the glyphs are far apart.
+
+    Measured on born-digital pages (2305.03393v1-pg9 at 144 dpi): word error 0.318 -> 0.204.
+    """
+    if not char_boxes or len(chars) != len(char_boxes) or not chars:
+        return text
+    out = [chars[0]]
+    for i in range(1, len(chars)):
+        a, b = chars[i - 1], chars[i]
+        if a.isascii() and b.isascii() and (a.isalnum() or a in ".,;:)") and b.isalnum():
+            height = char_boxes[i][2][1] - char_boxes[i][0][1]
+            if char_boxes[i][0][0] - char_boxes[i - 1][1][0] >= SPACE_GAP * height:
+                out.append(" ")
+        out.append(b)
+    return "".join(out)
+_PIECE = re.compile(r"\w+|[^\w\s]")
+
+
+def estimate_tokens(text: str) -> int:
+    """A stand-in for a tokenizer count: words and punctuation marks."""
+    return len(_PIECE.findall(text))
+
+
+def find_figures(rgb: np.ndarray, text_lines: list[Line]) -> list[Line]:
+    """Large inked regions that hold no text (pictures, charts), as 'image' pseudo-lines."""
+    h, w = rgb.shape[:2]
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    ink = (gray < 230).astype(np.uint8)
+    mask = ink.copy()
+    pad = 4
+    for ln in text_lines:
+        mask[max(0, int(ln.y0) - pad) : int(ln.y1) + pad, max(0, int(ln.x0) - pad) : int(ln.x1) + pad] = 0
+    k = max(3, int(0.012 * max(w, h)))
+    mask = cv2.dilate(mask, np.ones((k, k), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    figures = []
+    for i in range(1, n):
+        x, y, bw, bh, _ = stats[i]
+        if bw * bh < 0.01 * w * h or bw < 0.08 * w or bh < 0.04 * h:
+            continue
+        if ink[y : y + bh, x : x + bw].mean() < 0.05:  # rules and table grids are sparse
+            continue
+        figures.append(Line(float(x), float(y), float(x + bw), float(y + bh), "", 1.0, kind="image"))
+    return figures
+
+
+class CPUEngine(OCREngine):
+    name = "cpu"
+    tasks = frozenset({Task.DOCUMENT_GROUNDED, Task.OCR_GROUNDED, Task.FREE_OCR, Task.MARKDOWN, Task.LOCATE})
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.model_name = "rapidocr-pp-ocrv4 (embedded CPU engine)"
+        self._workers: queue.Queue = queue.Queue()
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        n = self.settings.num_workers
+        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cpu-ocr")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._load, n)
+        except Exception as e:  # the app keeps serving /health and says why
+            self.error = f"RapidOCR could not start: {e}"
+            log.exception("CPU engine failed to start")
+            return
+        self.ready = True
+        log.info("CPU engine ready: %d RapidOCR worker(s)", n)
+
+    def _load(self, n: int) -> None:
+        from rapidocr_onnxruntime import RapidOCR
+
+        threads = self.settings.cpu_engine_threads or -1
+        for _ in range(n):
+            self._workers.put(RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1))
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, req: OCRRequest) -> OCRResult:
+        assert self._pool is not None
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run_sync, req)
+
+    def _detect(self, rgb: np.ndarray, req: OCRRequest) -> list[Line]:
+        """Text lines in pixel coordinates; Gundam-style tiling runs bands of the page separately."""
+        h, w = rgb.shape[:2]
+        bands = [(0, 0, w, h)]
+        if req.plan.tiles_h > 1 and req.tiling:
+            bands = [(0, b[1], w, b[3]) for b in tile_boxes(w, h, req.plan)[:: req.plan.tiles_w]]
+        lines: list[Line] = []
+        engine = self._workers.get()
+        try:
+            for _, top, _, bottom in bands:
+                margin = 48 if len(bands) > 1 else 0
+                y0, y1 = max(0, top - margin), min(h, bottom + margin)
+                result, _ = engine(np.ascontiguousarray(rgb[y0:y1, :, ::-1]), **DETECTION)
+                for quad, text, score, *words in result or []:
+                    if len(words) >= 2:
+                        text = restore_spaces(str(text), words[0], words[1])
+                    xs = [p[0] for p in quad]
+                    ys = [p[1] + y0 for p in quad]
+                    ln = Line(min(xs), min(ys), max(xs), max(ys), str(text), float(score))
+                    if len(bands) == 1 or top <= ln.cy < bottom:  # each line belongs to one band
+                        lines.append(ln)
+        finally:
+            self._workers.put(engine)
+        return lines
+
+    def _run_sync(self, req: OCRRequest) -> OCRResult:
+        t0 = time.perf_counter()
+        img: Image.Image = req.image
+        rgb = np.asarray(img.convert("RGB"))
+        w, h = img.size
+        lines = self._detect(rgb, req)
+        t1 = time.perf_counter()
+        task = req.spec.task
+        if task == Task.LOCATE:
+            text = layout.locate(lines, req.spec.target or "", w, h)
+        else:
+            figures = find_figures(rgb, lines) if task in (Task.DOCUMENT_GROUNDED, Task.MARKDOWN) else []
+            inside = [ln for ln in lines if any(f.x0 <= (ln.x0 + ln.x1) / 2 <= f.x1 and f.y0 <= ln.cy <= f.y1 for f in figures)]
+            blocks = layout.build_blocks([ln for ln in lines if ln not in inside] + figures, w, h)
+            if task == Task.DOCUMENT_GROUNDED:
+                text = layout.render_document(blocks, w, h, grounded=True)
+            elif task == Task.MARKDOWN:
+                text = layout.render_document(blocks, w, h, grounded=False)
+            elif task == Task.OCR_GROUNDED:
+                text = layout.render_lines_grounded(blocks, w, h)
+            else:
+                text = layout.render_free(blocks)
+        finish = "stop"
+        pieces = list(_PIECE.finditer(text))
+        if len(pieces) > req.max_tokens:  # honour max_tokens like a decoder would: cut, say "length"
+            text = text[: pieces[req.max_tokens - 1].end()]
+            finish = "length"
+        return OCRResult(
+            text=text,
+            prompt_tokens=req.plan.image_tokens + estimate_tokens(req.spec.prompt),
+            output_tokens=min(len(pieces), req.max_tokens),
+            finish_reason=finish,
+            timings={"inference": round(t1 - t0, 4), "postprocess": round(time.perf_counter() - t1, 4)},
+        )

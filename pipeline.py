@@ -1,0 +1,179 @@
+"""One page through the service: bytes -> image -> engine -> parsed result. Every router goes through here.
+
+Decoding and post-processing run in worker threads, never on the event loop; the engine call has the
+per-request timeout. The result object renders both our fields and seed 000's response fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request, UploadFile
+from PIL import Image
+
+import ocr_utils
+from config import Settings
+from deepseek_ocr import OCREngine, OCRRequest, OCRResult, PromptSpec, Task, resolve_prompt
+from errors import InputError
+from inputs import decode_base64, fetch_url, read_upload
+from process.image_process import get_mode, load_image, plan_tiles
+
+
+def engine_of(request: Request) -> OCREngine:
+    return request.app.state.engine
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def image_bytes(
+    settings: Settings,
+    file: UploadFile | None = None,
+    image_url: str | None = None,
+    image_base64: str | None = None,
+) -> bytes:
+    """Exactly one image source -> bytes."""
+    given = [n for n, v in (("file", file), ("image_url", image_url), ("image_base64", image_base64)) if v]
+    if len(given) != 1:
+        raise InputError(
+            400,
+            "need_one_image",
+            "send exactly one image: " + (f"got {', '.join(given)}" if given else "none was given"),
+            accepted=["file (multipart)", "image_url", "image_base64"],
+        )
+    limit = settings.max_upload_bytes
+    if file is not None:
+        return await read_upload(file, limit)
+    if image_url:
+        return await fetch_url(image_url, settings, limit)
+    return decode_base64(image_base64 or "", limit)
+
+
+@dataclass
+class PageResult:
+    raw: str
+    spec: PromptSpec
+    image: Image.Image
+    result: OCRResult
+    mode: str
+    plan: dict
+    regions: list[ocr_utils.Region] = field(default_factory=list)
+    markdown: str = ""
+    text: str = ""
+    repetition_collapsed: bool = False
+    image_info: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> list[int]:
+        return [self.image.width, self.image.height]
+
+    def seed_fields(self, model_name: str) -> dict:
+        """The response fields of seed 000 (the Truss/Baseten contract)."""
+        refs, image_refs, other_refs = ocr_utils.split_references(self.raw)
+        return {
+            "extracted_text": self.text,
+            "raw_output": self.raw,
+            "references": refs,
+            "image_references": image_refs,
+            "other_references": other_refs,
+            "image_size": self.size,
+            "prompt_used": self.spec.prompt,
+            "model_name": model_name,
+            "has_bounding_boxes": bool(self.regions),
+        }
+
+    def usage(self) -> dict:
+        r = self.result
+        return {
+            "prompt_tokens": r.prompt_tokens,
+            "output_tokens": r.output_tokens,
+            "finish_reason": r.finish_reason,
+            "timings": r.timings,
+        }
+
+
+def build_request(
+    settings: Settings,
+    image: Image.Image,
+    prompt: str | None,
+    *,
+    mode: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float = 0.0,
+    target: str | None = None,
+    tiling: bool = False,
+) -> OCRRequest:
+    spec = resolve_prompt(prompt, target)
+    m = get_mode(mode, settings.default_mode if settings.crop_mode else "base")
+    plan = plan_tiles(image.width, image.height, m, settings.min_crops, settings.max_crops)
+    return OCRRequest(
+        image=image,
+        spec=spec,
+        mode=m,
+        plan=plan,
+        max_tokens=min(max_tokens or settings.max_tokens, settings.max_tokens),
+        temperature=temperature,
+        ngram_size=settings.ngram_size,
+        ngram_window=settings.ngram_window,
+        ngram_whitelist=tuple(settings.ngram_whitelist_token_ids),
+        tiling=tiling,
+    )
+
+
+def postprocess(req: OCRRequest, res: OCRResult, image_info: dict, page: int | None = None) -> PageResult:
+    raw = res.text
+    w, h = req.image.size
+    grounded = req.spec.task in (Task.DOCUMENT_GROUNDED, Task.OCR_GROUNDED, Task.LOCATE) or "<|det|>" in raw
+    regions = ocr_utils.parse_grounding(raw, w, h) if grounded else []
+    _, collapsed = ocr_utils.collapse_repeats(raw)
+    return PageResult(
+        raw=raw,
+        spec=req.spec,
+        image=req.image,
+        result=res,
+        mode=req.mode.name,
+        plan=req.plan.as_dict(),
+        regions=regions,
+        markdown=ocr_utils.to_markdown(raw, page=page),
+        text=ocr_utils.plain_text(raw),
+        repetition_collapsed=collapsed,
+        image_info=image_info,
+    )
+
+
+async def ocr_page(
+    engine: OCREngine,
+    settings: Settings,
+    image: Image.Image,
+    prompt: str | None,
+    *,
+    image_info: dict | None = None,
+    page: int | None = None,
+    **options,
+) -> PageResult:
+    req = build_request(settings, image, prompt, **options)
+    t0 = time.perf_counter()
+    try:
+        async with asyncio.timeout(settings.request_timeout_s):
+            res = await engine.generate(req)
+    except TimeoutError as e:
+        raise InputError(
+            504, "timeout", f"OCR took longer than {settings.request_timeout_s:.0f} s (REQUEST_TIMEOUT_S)"
+        ) from e
+    res.timings.setdefault("engine_wall", round(time.perf_counter() - t0, 4))
+    return await asyncio.to_thread(postprocess, req, res, image_info or {}, page)
+
+
+async def ocr_image_bytes(
+    engine: OCREngine, settings: Settings, data: bytes, prompt: str | None, **options
+) -> PageResult:
+    """Decode (off the event loop) and OCR one image."""
+    t0 = time.perf_counter()
+    image, info = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
+    decode_s = time.perf_counter() - t0
+    page = await ocr_page(engine, settings, image, prompt, image_info=info, **options)
+    page.result.timings["decode"] = round(decode_s, 4)
+    return page

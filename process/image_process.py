@@ -1,0 +1,184 @@
+"""Image decoding with limits, and DeepSeek-OCR's resolution modes and tile arithmetic.
+
+`load_image` turns uploaded bytes into an upright RGB PIL image or raises `InputError` (a clear 4xx).
+`plan_tiles` reproduces the tiling and image-token count of vLLM's DeepSeek-OCR processor
+(vllm/transformers_utils/processors/deepseek_ocr.py), so the service can say what a page costs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import asdict, dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from errors import InputError
+
+IMAGE_FORMATS = ["PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF"]
+PATCH_SIZE = 16
+DOWNSAMPLE_RATIO = 4
+
+
+@dataclass(frozen=True)
+class ResolutionMode:
+    name: str
+    base_size: int
+    image_size: int
+    crop_mode: bool
+
+
+# The official modes (DeepSeek-OCR-vllm/config.py).
+MODES: dict[str, ResolutionMode] = {
+    "tiny": ResolutionMode("tiny", 512, 512, False),
+    "small": ResolutionMode("small", 640, 640, False),
+    "base": ResolutionMode("base", 1024, 1024, False),
+    "large": ResolutionMode("large", 1280, 1280, False),
+    "gundam": ResolutionMode("gundam", 1024, 640, True),
+}
+
+
+def get_mode(name: str | None, default: str = "gundam") -> ResolutionMode:
+    key = (name or default).strip().lower()
+    if key not in MODES:
+        raise InputError(422, "bad_mode", f"unknown resolution mode {name!r}", accepted=list(MODES))
+    return MODES[key]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    mode: str
+    tiles_w: int  # local tiles across (1x1 means no local tiles)
+    tiles_h: int
+    image_tokens: int  # length of the image token sequence the model sees (newlines, separator included)
+    vision_tokens: int  # the paper's count: global + local patches, no separators
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _target_ratios(min_num: int, max_num: int) -> list[tuple[int, int]]:
+    ratios = {
+        (i, j)
+        for n in range(min_num, max_num + 1)
+        for i in range(1, n + 1)
+        for j in range(1, n + 1)
+        if min_num <= i * j <= max_num
+    }
+    return sorted(ratios, key=lambda r: r[0] * r[1])
+
+
+def closest_ratio(width: int, height: int, image_size: int, min_num: int = 2, max_num: int = 6) -> tuple[int, int]:
+    """The (tiles_w, tiles_h) grid the official dynamic_preprocess picks."""
+    aspect = width / height
+    best, best_diff = (1, 1), float("inf")
+    for ratio in _target_ratios(min_num, max_num):
+        diff = abs(aspect - ratio[0] / ratio[1])
+        if diff < best_diff:
+            best, best_diff = ratio, diff
+        elif diff == best_diff and width * height > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
+            best = ratio
+    return best
+
+
+def plan_tiles(width: int, height: int, mode: ResolutionMode, min_crops: int = 2, max_crops: int = 6) -> TilePlan:
+    if mode.crop_mode and (width > 640 or height > 640):
+        tw, th = closest_ratio(width, height, mode.image_size, min_crops, max_crops)
+    else:
+        tw, th = 1, 1
+    q_base = math.ceil(mode.base_size // PATCH_SIZE / DOWNSAMPLE_RATIO)
+    q_tile = math.ceil(mode.image_size // PATCH_SIZE / DOWNSAMPLE_RATIO)
+    image_tokens = (q_base + 1) * q_base + 1
+    vision_tokens = q_base * q_base
+    if tw > 1 or th > 1:
+        image_tokens += (q_tile * tw + 1) * (q_tile * th)
+        vision_tokens += tw * th * q_tile * q_tile
+    return TilePlan(mode.name, tw, th, image_tokens, vision_tokens)
+
+
+def tile_boxes(width: int, height: int, plan: TilePlan) -> list[tuple[int, int, int, int]]:
+    """The regions of the original image that each local tile covers (row-major), in pixels."""
+    if plan.tiles_w * plan.tiles_h <= 1:
+        return [(0, 0, width, height)]
+    boxes = []
+    for r in range(plan.tiles_h):
+        for c in range(plan.tiles_w):
+            boxes.append(
+                (
+                    round(c * width / plan.tiles_w),
+                    round(r * height / plan.tiles_h),
+                    round((c + 1) * width / plan.tiles_w),
+                    round((r + 1) * height / plan.tiles_h),
+                )
+            )
+    return boxes
+
+
+def sniff_kind(data: bytes) -> str:
+    """'pdf', 'image' or 'unknown' from the leading bytes."""
+    head = data[:1024].lstrip()
+    if head.startswith(b"%PDF"):
+        return "pdf"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff" or data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image"
+    if data[:4] in (b"II*\x00", b"MM\x00*") or data[:2] == b"BM" or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        return "image"
+    return "unknown"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white.
+        hi = img.getextrema()[1] or 1
+        scale = 255.0 / hi if hi > 255 else 1.0
+        img = img.point(lambda v: v * scale).convert("L")
+    elif img.mode == "F":
+        img = img.convert("L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, "white")  # transparent areas become paper, not black
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    return img.convert("RGB")
+
+
+def load_image(data: bytes, max_pixels: int, *, frame: int = 0) -> tuple[Image.Image, dict]:
+    """Decode bytes into an upright RGB image. Returns (image, info) or raises InputError."""
+    if not data:
+        raise InputError(400, "empty_file", "the image is empty (0 bytes)", accepted=IMAGE_FORMATS)
+    if sniff_kind(data) == "pdf":
+        raise InputError(
+            415, "pdf_sent_as_image", "this file is a PDF, not an image: send it to /pdf/ocr", accepted=IMAGE_FORMATS
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or "unknown"
+            if fmt not in IMAGE_FORMATS:
+                raise InputError(415, "unsupported_format", f"image format {fmt} is not accepted", accepted=IMAGE_FORMATS)
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise InputError(422, "bad_image", "the image has no pixels", accepted=IMAGE_FORMATS)
+            if w * h > max_pixels:
+                raise InputError(
+                    413,
+                    "image_too_large",
+                    f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} (MAX_IMAGE_PIXELS)",
+                )
+            frames = getattr(img, "n_frames", 1)
+            if frame:
+                img.seek(min(frame, frames - 1))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(413, "image_too_large", f"image refused as a decompression bomb: {e}") from e
+    except UnidentifiedImageError as e:
+        raise InputError(415, "not_an_image", "the file is not a readable image", accepted=IMAGE_FORMATS) from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(422, "corrupt_image", f"the image could not be decoded: {e}", accepted=IMAGE_FORMATS) from e
+    return rgb, {"format": fmt, "frames": frames, "width": rgb.width, "height": rgb.height}

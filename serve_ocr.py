@@ -1,0 +1,233 @@
+"""The core app: ONE engine for the whole process, the base routes, and the three feature routers.
+
+Each router (ocr_routes, pdf_routes, batch_routes) is imported and checked on its own: one that fails to
+import or start is replaced by a stand-in that answers its /status with the reason and 503 elsewhere,
+while the others keep serving. Run: `uvicorn serve_ocr:app --host 0.0.0.0 --port 8000`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import traceback
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+import pipeline
+from config import Settings, get_settings
+from deepseek_ocr import PROMPTS, build_engine
+from errors import InputError, error_response, install_handlers
+from process.image_process import MODES
+
+VERSION = "0.1.0"
+ROUTERS = {"ocr": "ocr_routes", "pdf": "pdf_routes", "batch": "batch_routes"}
+log = logging.getLogger("ocr.app")
+
+
+class GenerateBody(BaseModel):
+    prompt: str | None = Field(None, description="a catalogue name (" + ", ".join(PROMPTS) + ") or prompt text")
+    image_base64: str | None = Field(None, description="the image, base64 (a data: URL is fine)")
+    image_url: str | None = Field(None, description="http(s) URL of the image")
+    mode: str | None = Field(None, description="resolution mode: " + ", ".join(MODES))
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    target: str | None = Field(None, description="text to find, for the 'locate' prompt")
+
+
+class InvocationBody(BaseModel):
+    prompt: str | None = None
+    image_url: str | None = None
+    image_base64: str | None = None
+    pdf_url: str | None = None
+    pdf_base64: str | None = None
+
+
+def _unavailable_router(name: str, prefix: str, reason: str) -> APIRouter:
+    """Stands in for a router that could not start: says why, answers 503 elsewhere under its prefix."""
+    r = APIRouter(prefix=prefix, tags=[name])
+
+    @r.get("/status")
+    async def status() -> JSONResponse:
+        return JSONResponse({"router": name, "available": False, "error": reason}, status_code=503)
+
+    @r.api_route("/{rest:path}", methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    async def down(rest: str) -> JSONResponse:
+        return error_response(503, "router_unavailable", f"the {name} router is not available: {reason}")
+
+    return r
+
+
+def mount_routers(app: FastAPI, routers: dict[str, str]) -> None:
+    app.state.router_status = {}
+    for name, module_name in routers.items():
+        prefix = f"/{name}"
+        try:
+            module = importlib.import_module(module_name)
+            check = getattr(module, "check", None)
+            if check:
+                check(app.state.settings)
+            app.include_router(module.router)
+            app.state.router_status[name] = {"available": True, "module": module_name, "error": None}
+        except Exception as e:  # noqa: BLE001 - any failure must leave the other routers serving
+            reason = f"{type(e).__name__}: {e}"
+            log.error("router %s (%s) unavailable: %s\n%s", name, module_name, reason, traceback.format_exc())
+            app.state.router_status[name] = {"available": False, "module": module_name, "error": reason}
+            app.include_router(_unavailable_router(name, prefix, reason))
+
+
+class BodyLimit:
+    """Refuses a request whose declared Content-Length is over the upload limit, before reading it."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for k, v in scope.get("headers", []):
+                if k == b"content-length" and v.isdigit() and int(v) > self.limit:
+                    resp = error_response(
+                        413, "request_too_large", f"request body is {int(v)} bytes; the limit is {self.limit}"
+                    )
+                    await resp(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, routers: dict[str, str] | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = build_engine(settings)
+        app.state.engine = engine
+        app.state.engine_task = asyncio.create_task(engine.start())  # /health answers while it loads
+        yield
+        app.state.engine_task.cancel()
+        await engine.stop()
+
+    app = FastAPI(
+        title="DeepSeek-OCR service",
+        version=VERSION,
+        description="Images, scans and PDFs to text and Markdown with DeepSeek-OCR (vLLM) or the embedded CPU engine.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_handlers(app)
+    # Base64 in JSON is 4/3 of the file, plus the rest of the form.
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
+    app.include_router(base_router())
+    mount_routers(app, routers or ROUTERS)
+    return app
+
+
+def base_router() -> APIRouter:
+    r = APIRouter(tags=["service"])
+
+    @r.get("/")
+    async def root(request: Request) -> dict:
+        engine = pipeline.engine_of(request)
+        return {
+            "service": "DeepSeek-OCR service",
+            "version": VERSION,
+            "engine": {**engine.info(), "selected_because": getattr(engine, "selection_reason", None)},
+            "routers": request.app.state.router_status,
+            "docs": "/docs",
+        }
+
+    @r.get("/health")
+    async def health() -> dict:
+        """Liveness: the process answers. Always 200 while the server runs."""
+        return {"status": "ok"}
+
+    @r.get("/ready")
+    async def ready(request: Request) -> JSONResponse:
+        """Readiness: 200 once the engine can take work, else 503 with the reason."""
+        engine = pipeline.engine_of(request)
+        body = {"ready": engine.ready, "engine": engine.name, "error": engine.error}
+        return JSONResponse(body, status_code=200 if engine.ready else 503)
+
+    @r.get("/ping")
+    async def ping(request: Request) -> JSONResponse:
+        """SageMaker health check: 200 when ready to serve /invocations."""
+        engine = pipeline.engine_of(request)
+        body = {"status": "healthy" if engine.ready else "loading", "model": engine.model_name, "backend": engine.name}
+        return JSONResponse(body, status_code=200 if engine.ready else 503)
+
+    @r.post("/generate")
+    async def generate(request: Request, body: GenerateBody) -> dict:
+        """Basic inference on a base64 or URL image; `result` is the model's raw text."""
+        settings = pipeline.settings_of(request)
+        data = await pipeline.image_bytes(settings, image_url=body.image_url, image_base64=body.image_base64)
+        return await _generate(request, data, body.prompt, body.mode, body.max_tokens, body.temperature, body.target)
+
+    @r.post("/generate_with_file")
+    async def generate_with_file(
+        request: Request,
+        file: Annotated[UploadFile, File(description="the image")],
+        prompt: Annotated[str | None, Form()] = None,
+        mode: Annotated[str | None, Form()] = None,
+        max_tokens: Annotated[int | None, Form(ge=1, le=32768)] = None,
+        temperature: Annotated[float, Form(ge=0.0, le=2.0)] = 0.0,
+        target: Annotated[str | None, Form()] = None,
+    ) -> dict:
+        """Basic inference on an uploaded image."""
+        data = await pipeline.image_bytes(pipeline.settings_of(request), file=file)
+        return await _generate(request, data, prompt, mode, max_tokens, temperature, target)
+
+    @r.post("/invocations")
+    async def invocations(request: Request, body: InvocationBody) -> dict:
+        """SageMaker contract: image_url | image_base64 -> {"text", ...}; pdf_url | pdf_base64 -> {"text", "pages"}."""
+        settings = pipeline.settings_of(request)
+        if body.pdf_url or body.pdf_base64:
+            if body.image_url or body.image_base64:
+                raise InputError(400, "need_one_input", "send an image or a PDF, not both")
+            status = request.app.state.router_status.get("pdf", {})
+            if not status.get("available"):
+                raise InputError(501, "pdf_unavailable", f"PDF input is not available: {status.get('error')}")
+            import pdf_routes
+
+            return await pdf_routes.invoke_pdf(request, body.prompt, body.pdf_url, body.pdf_base64)
+        data = await pipeline.image_bytes(settings, image_url=body.image_url, image_base64=body.image_base64)
+        engine = pipeline.engine_of(request)
+        page = await pipeline.ocr_image_bytes(engine, settings, data, body.prompt)
+        return {"text": page.text, **page.seed_fields(engine.model_name), "usage": page.usage()}
+
+    return r
+
+
+async def _generate(
+    request: Request,
+    data: bytes,
+    prompt: str | None,
+    mode: str | None,
+    max_tokens: int | None,
+    temperature: float,
+    target: str | None,
+) -> dict:
+    engine = pipeline.engine_of(request)
+    settings = pipeline.settings_of(request)
+    page = await pipeline.ocr_image_bytes(
+        engine, settings, data, prompt, mode=mode, max_tokens=max_tokens, temperature=temperature, target=target
+    )
+    return {
+        "result": page.raw,
+        "text": page.text,
+        "markdown": page.markdown,
+        "engine": engine.name,
+        "model_name": engine.model_name,
+        "prompt_used": page.spec.prompt,
+        "task": page.spec.task.value,
+        "image_size": page.size,
+        "mode": page.mode,
+        "tiles": page.plan,
+        "usage": page.usage(),
+    }
+
+
+app = create_app()

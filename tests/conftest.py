@@ -1,0 +1,78 @@
+"""Shared fixtures: the real app on the CPU engine, real documents from ../shared/testdata."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pymupdf
+import pytest
+from fastapi.testclient import TestClient
+from rapidfuzz.distance import Levenshtein
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from config import Settings  # noqa: E402
+from serve_ocr import create_app  # noqa: E402
+
+TESTDATA = Path(os.environ.get("OCR_TESTDATA", ROOT.parent / "shared" / "testdata"))
+DOCLING = TESTDATA / "docling"
+BROKEN = TESTDATA / "broken"
+# What ocr_test.pdf's scanned page says (it has no text layer; read by eye).
+OCR_TEST_TEXT = "Docling bundles PDF document conversion to JSON and Markdown in an easy self contained package"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not DOCLING.is_dir():
+        raise pytest.UsageError(f"test documents not found at {TESTDATA} (set OCR_TESTDATA)")
+
+
+def norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def cer(hyp: str, ref: str) -> float:
+    """Character error rate after whitespace normalisation."""
+    return Levenshtein.normalized_distance(norm(hyp), norm(ref))
+
+
+def render(pdf: str, page: int = 0, dpi: int = 144) -> bytes:
+    return pymupdf.open(DOCLING / pdf)[page].get_pixmap(dpi=dpi).tobytes("png")
+
+
+def page_text(pdf: str, page: int = 0) -> str:
+    return pymupdf.open(DOCLING / pdf)[page].get_text()
+
+
+def make_client(settings: Settings | None = None, routers: dict | None = None) -> TestClient:
+    app = create_app(settings or Settings(_env_file=None, num_workers=2, data_dir=Path("/tmp/ocr-test-data")), routers)
+    return TestClient(app)
+
+
+def wait_ready(client: TestClient, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if client.get("/ready").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"engine not ready: {client.get('/ready').json()}")
+
+
+@pytest.fixture(scope="session")
+def client():
+    with make_client() as c:
+        wait_ready(c)
+        yield c
+
+
+@pytest.fixture(scope="session")
+def pg9_png() -> bytes:
+    return render("2305.03393v1-pg9.pdf")
+
+
+@pytest.fixture(scope="session")
+def scan_png() -> bytes:
+    return render("ocr_test.pdf")

@@ -1,0 +1,92 @@
+"""Resolution modes, the tile arithmetic of vLLM's DeepSeek-OCR processor, and decoding with limits."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import BROKEN, DOCLING
+
+from errors import InputError
+from process.image_process import MODES, get_mode, load_image, plan_tiles, tile_boxes
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "grid", "image_tokens", "vision_tokens"),
+    [
+        # 1240x1754 A4 page in Gundam: 2x3 tiles; 16*17+1 global + (10*2+1)*(10*3) local = 903
+        ("gundam", (1240, 1754), (2, 3), 903, 256 + 6 * 100),
+        # Small images get no local tiles even in Gundam.
+        ("gundam", (600, 400), (1, 1), 273, 256),
+        # Wide page: 3x2
+        ("gundam", (1754, 1240), (3, 2), 273 + 31 * 20, 256 + 600),
+        # The fixed modes: the paper's vision-token counts (64/100/256/400).
+        ("tiny", (1240, 1754), (1, 1), 8 * 9 + 1, 64),
+        ("small", (1240, 1754), (1, 1), 10 * 11 + 1, 100),
+        ("base", (1240, 1754), (1, 1), 16 * 17 + 1, 256),
+        ("large", (1240, 1754), (1, 1), 20 * 21 + 1, 400),
+    ],
+)
+def test_tile_plan_matches_vllm_processor(mode, size, grid, image_tokens, vision_tokens):
+    plan = plan_tiles(*size, MODES[mode])
+    assert (plan.tiles_w, plan.tiles_h) == grid
+    assert plan.image_tokens == image_tokens
+    assert plan.vision_tokens == vision_tokens
+
+
+def test_tile_boxes_cover_the_image_exactly():
+    plan = plan_tiles(1240, 1754, MODES["gundam"])
+    boxes = tile_boxes(1240, 1754, plan)
+    assert len(boxes) == 6
+    assert sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) == 1240 * 1754
+    assert boxes[0][:2] == (0, 0) and boxes[-1][2:] == (1240, 1754)
+
+
+def test_unknown_mode_is_a_422_listing_modes():
+    with pytest.raises(InputError) as e:
+        get_mode("huge")
+    assert e.value.status == 422 and "gundam" in e.value.accepted
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("bomb_40000x40000.png", 413, "image_too_large"),
+        ("truncated.jpg", 422, "corrupt_image"),
+        ("not_an_image.png", 415, "pdf_sent_as_image"),
+        ("empty.png", 400, "empty_file"),
+    ],
+)
+def test_broken_files_raise_clear_errors(name, status, code):
+    with pytest.raises(InputError) as e:
+        load_image((BROKEN / name).read_bytes(), 60_000_000)
+    assert (e.value.status, e.value.code) == (status, code)
+
+
+def test_pixel_limit_applies_before_decoding():
+    data = (DOCLING / "qr_bill_example.jpg").read_bytes()
+    with pytest.raises(InputError) as e:
+        load_image(data, 10_000)
+    assert e.value.status == 413 and "10000" in e.value.message
+
+
+def test_odd_but_valid_images_decode_to_upright_rgb():
+    img, info = load_image((BROKEN / "cmyk.jpg").read_bytes(), 60_000_000)
+    assert img.mode == "RGB" and info["format"] == "JPEG"
+    g16, _ = load_image((BROKEN / "gray16.png").read_bytes(), 60_000_000)
+    assert g16.mode == "RGB" and g16.getextrema()[0][1] > 0  # not flattened to black
+    assert len(g16.getcolors(1 << 16) or []) > 2  # and not to white
+    gif, info = load_image((BROKEN / "animated.gif").read_bytes(), 60_000_000)
+    assert gif.mode == "RGB" and info["frames"] == 2
+    tif, info = load_image((BROKEN / "multipage.tif").read_bytes(), 60_000_000)
+    assert info["frames"] == 2
+    webp, info = load_image((DOCLING / "webp-test.webp").read_bytes(), 60_000_000)
+    assert info["format"] == "WEBP"
+
+
+def test_exif_orientation_is_applied():
+    from PIL import Image
+    import io
+
+    raw = Image.open(io.BytesIO((BROKEN / "exif_rotated.jpg").read_bytes()))
+    img, _ = load_image((BROKEN / "exif_rotated.jpg").read_bytes(), 60_000_000)
+    assert raw.getexif().get(0x0112) == 6
+    assert img.size == (raw.height, raw.width)  # orientation 6 = rotate 90: sides swap
