@@ -40,7 +40,7 @@ PROMPTS: dict[str, str] = {
 DEFAULT_PROMPT = PROMPTS["document"]
 
 
-class Task(str, enum.Enum):
+class Task(enum.StrEnum):
     DOCUMENT_GROUNDED = "document_grounded"  # markdown + a box per block
     OCR_GROUNDED = "ocr_grounded"  # a box per text line
     FREE_OCR = "free_ocr"  # plain text in reading order
@@ -90,7 +90,7 @@ def classify(prompt: str) -> tuple[Task, str | None]:
         return Task.FREE_OCR, None
     if grounding:
         return Task.OCR_GROUNDED, None
-    if "parse the figure" in low or "figure" in low and "parse" in low:
+    if "parse the figure" in low or ("figure" in low and "parse" in low):
         return Task.FIGURE, None
     if "describe" in low:
         return Task.DESCRIBE, None

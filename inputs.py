@@ -82,7 +82,9 @@ async def resolve_checked(host: str, port: int, settings: Settings) -> str:
 def _check_url(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise InputError(400, "bad_url_scheme", f"URL scheme {parts.scheme!r} is not accepted", accepted=["http", "https"])
+        raise InputError(
+            400, "bad_url_scheme", f"URL scheme {parts.scheme!r} is not accepted", accepted=["http", "https"]
+        )
     if not parts.hostname:
         raise InputError(400, "bad_url", f"URL {url!r} has no host")
     if parts.username or parts.password:
@@ -128,6 +130,8 @@ async def fetch_url(url: str, settings: Settings, limit: int) -> bytes:
                         await resp.aclose()
                 raise InputError(400, "too_many_redirects", f"more than {settings.url_max_redirects} redirects")
     except TimeoutError as e:
-        raise InputError(408, "url_timeout", f"fetching {url} took longer than {settings.url_timeout_s * 2:.0f} s") from e
+        raise InputError(
+            408, "url_timeout", f"fetching {url} took longer than {settings.url_timeout_s * 2:.0f} s"
+        ) from e
     except httpx.HTTPError as e:
         raise InputError(400, "url_fetch_failed", f"could not fetch {url}: {type(e).__name__}: {e}") from e

@@ -22,7 +22,9 @@ def _labels(value: str | None) -> set[str] | None:
     return None if v in ("all", "*") else {x.strip() for x in v.split(",") if x.strip()}
 
 
-def page_payload(page: pipeline.PageResult, model_name: str, *, draw_boxes: bool, crop_labels: set[str] | None | bool) -> dict:
+def page_payload(
+    page: pipeline.PageResult, model_name: str, *, draw_boxes: bool, crop_labels: set[str] | bool | None
+) -> dict:
     """The full per-image answer (also used per page by the PDF and batch routers)."""
     annotated = None
     if draw_boxes and page.regions:
@@ -122,6 +124,9 @@ async def info() -> dict:
             "POST /ocr/image/simple": "file | image_url | image_base64; prompt (default 'free')",
         },
         "prompts": PROMPTS,
-        "modes": {k: {"base_size": m.base_size, "image_size": m.image_size, "crop_mode": m.crop_mode} for k, m in MODES.items()},
+        "modes": {
+            k: {"base_size": m.base_size, "image_size": m.image_size, "crop_mode": m.crop_mode}
+            for k, m in MODES.items()
+        },
         "box_format": "regions[].box_norm is [x1,y1,x2,y2] in 0-999 of the image; box_px is the same in pixels",
     }

@@ -182,16 +182,18 @@ def draw_boxes(image: Image.Image, regions: list[Region]) -> Image.Image:
     for r in regions:
         color = _PALETTE.get(r.label, (100, 116, 139))
         x0, y0, x1, y1 = r.box_px
-        draw.rectangle((x0, y0, x1, y1), outline=color + (255,), width=width, fill=color + (40,))
+        draw.rectangle((x0, y0, x1, y1), outline=(*color, 255), width=width, fill=(*color, 40))
         tag = f"{r.index}:{r.label}"
         ty = max(0, y0 - size - 4)
         tb = draw.textbbox((x0, ty), tag, font=font)
-        draw.rectangle((tb[0] - 2, tb[1] - 2, tb[2] + 2, tb[3] + 2), fill=color + (220,))
+        draw.rectangle((tb[0] - 2, tb[1] - 2, tb[2] + 2, tb[3] + 2), fill=(*color, 220))
         draw.text((x0, ty), tag, fill=(255, 255, 255, 255), font=font)
     return Image.alpha_composite(base.convert("RGBA"), overlay).convert("RGB")
 
 
-def crop_regions(image: Image.Image, regions: list[Region], labels: set[str] | None = None) -> list[tuple[Region, Image.Image]]:
+def crop_regions(
+    image: Image.Image, regions: list[Region], labels: set[str] | None = None
+) -> list[tuple[Region, Image.Image]]:
     """(region, crop) for regions whose label is in `labels` (all regions when None)."""
     out = []
     for r in regions:

@@ -123,6 +123,14 @@ def build_request(
     )
 
 
+def validate(engine: OCREngine, settings: Settings, prompt: str | None, mode: str | None, target: str | None) -> None:
+    """Cheap checks before any decoding: the prompt, the mode, and whether this engine can answer."""
+    spec = resolve_prompt(prompt, target)
+    get_mode(mode, settings.default_mode)
+    if spec.task not in engine.tasks:
+        raise engine.unsupported(spec.task)
+
+
 def postprocess(req: OCRRequest, res: OCRResult, image_info: dict, page: int | None = None) -> PageResult:
     raw = res.text
     w, h = req.image.size
@@ -171,6 +179,7 @@ async def ocr_image_bytes(
     engine: OCREngine, settings: Settings, data: bytes, prompt: str | None, **options
 ) -> PageResult:
     """Decode (off the event loop) and OCR one image."""
+    validate(engine, settings, prompt, options.get("mode"), options.get("target"))
     t0 = time.perf_counter()
     image, info = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
     decode_s = time.perf_counter() - t0

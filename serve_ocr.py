@@ -73,7 +73,7 @@ def mount_routers(app: FastAPI, routers: dict[str, str]) -> None:
                 check(app.state.settings)
             app.include_router(module.router)
             app.state.router_status[name] = {"available": True, "module": module_name, "error": None}
-        except Exception as e:  # noqa: BLE001 - any failure must leave the other routers serving
+        except Exception as e:
             reason = f"{type(e).__name__}: {e}"
             log.error("router %s (%s) unavailable: %s\n%s", name, module_name, reason, traceback.format_exc())
             app.state.router_status[name] = {"available": False, "module": module_name, "error": reason}

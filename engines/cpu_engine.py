@@ -46,6 +46,8 @@ def restore_spaces(text: str, char_boxes: list, chars: list[str]) -> str:
                 out.append(" ")
         out.append(b)
     return "".join(out)
+
+
 _PIECE = re.compile(r"\w+|[^\w\s]")
 
 
@@ -58,11 +60,11 @@ def find_figures(rgb: np.ndarray, text_lines: list[Line]) -> list[Line]:
     """Large inked regions that hold no text (pictures, charts), as 'image' pseudo-lines."""
     h, w = rgb.shape[:2]
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    ink = (gray < 230).astype(np.uint8)
-    mask = ink.copy()
+    mask = (gray < 230).astype(np.uint8)
     pad = 4
     for ln in text_lines:
         mask[max(0, int(ln.y0) - pad) : int(ln.y1) + pad, max(0, int(ln.x0) - pad) : int(ln.x1) + pad] = 0
+    graphics = mask.copy()
     k = max(3, int(0.012 * max(w, h)))
     mask = cv2.dilate(mask, np.ones((k, k), np.uint8))
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -71,7 +73,8 @@ def find_figures(rgb: np.ndarray, text_lines: list[Line]) -> list[Line]:
         x, y, bw, bh, _ = stats[i]
         if bw * bh < 0.01 * w * h or bw < 0.08 * w or bh < 0.04 * h:
             continue
-        if ink[y : y + bh, x : x + bw].mean() < 0.05:  # rules and table grids are sparse
+        # Pictures and charts have ink outside their text; tables and rules have almost none.
+        if graphics[y : y + bh, x : x + bw].mean() < 0.05:
             continue
         figures.append(Line(float(x), float(y), float(x + bw), float(y + bh), "", 1.0, kind="image"))
     return figures
@@ -152,7 +155,11 @@ class CPUEngine(OCREngine):
             text = layout.locate(lines, req.spec.target or "", w, h)
         else:
             figures = find_figures(rgb, lines) if task in (Task.DOCUMENT_GROUNDED, Task.MARKDOWN) else []
-            inside = [ln for ln in lines if any(f.x0 <= (ln.x0 + ln.x1) / 2 <= f.x1 and f.y0 <= ln.cy <= f.y1 for f in figures)]
+            inside = [
+                ln
+                for ln in lines
+                if any(f.x0 <= (ln.x0 + ln.x1) / 2 <= f.x1 and f.y0 <= ln.cy <= f.y1 for f in figures)
+            ]
             blocks = layout.build_blocks([ln for ln in lines if ln not in inside] + figures, w, h)
             if task == Task.DOCUMENT_GROUNDED:
                 text = layout.render_document(blocks, w, h, grounded=True)

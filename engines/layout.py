@@ -207,7 +207,9 @@ def render_lines_grounded(blocks: list[Block], w: float, h: float) -> str:
     for b in blocks:
         for row in _rows(b.lines):
             for ln in row:
-                out.append(f"<|ref|>{_safe(ln.text.strip())}<|/ref|>{_det([norm_box((ln.x0, ln.y0, ln.x1, ln.y1), w, h)])}")
+                out.append(
+                    f"<|ref|>{_safe(ln.text.strip())}<|/ref|>{_det([norm_box((ln.x0, ln.y0, ln.x1, ln.y1), w, h)])}"
+                )
     return "\n".join(out) + ("\n" if out else "")
 
 

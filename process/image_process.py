@@ -157,7 +157,9 @@ def load_image(data: bytes, max_pixels: int, *, frame: int = 0) -> tuple[Image.I
             img = Image.open(io.BytesIO(data))
             fmt = img.format or "unknown"
             if fmt not in IMAGE_FORMATS:
-                raise InputError(415, "unsupported_format", f"image format {fmt} is not accepted", accepted=IMAGE_FORMATS)
+                raise InputError(
+                    415, "unsupported_format", f"image format {fmt} is not accepted", accepted=IMAGE_FORMATS
+                )
             w, h = img.size
             if w <= 0 or h <= 0:
                 raise InputError(422, "bad_image", "the image has no pixels", accepted=IMAGE_FORMATS)

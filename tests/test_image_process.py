@@ -76,15 +76,16 @@ def test_odd_but_valid_images_decode_to_upright_rgb():
     assert len(g16.getcolors(1 << 16) or []) > 2  # and not to white
     gif, info = load_image((BROKEN / "animated.gif").read_bytes(), 60_000_000)
     assert gif.mode == "RGB" and info["frames"] == 2
-    tif, info = load_image((BROKEN / "multipage.tif").read_bytes(), 60_000_000)
+    _tif, info = load_image((BROKEN / "multipage.tif").read_bytes(), 60_000_000)
     assert info["frames"] == 2
-    webp, info = load_image((DOCLING / "webp-test.webp").read_bytes(), 60_000_000)
+    _webp, info = load_image((DOCLING / "webp-test.webp").read_bytes(), 60_000_000)
     assert info["format"] == "WEBP"
 
 
 def test_exif_orientation_is_applied():
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     raw = Image.open(io.BytesIO((BROKEN / "exif_rotated.jpg").read_bytes()))
     img, _ = load_image((BROKEN / "exif_rotated.jpg").read_bytes(), 60_000_000)
