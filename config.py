@@ -61,8 +61,11 @@ class Settings(BaseSettings):
         default=[], description="CIDRs image_url may reach even if private, e.g. 10.1.0.0/16"
     )
 
-    # --- storage and serving ------------------------------------------------------------
-    data_dir: Path = Path("data")
+    # --- storage, jobs and serving ------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="jobs database, job files, temporary work")
+    job_workers: int = Field(1, ge=1, le=64, description="jobs run at once (each runs its pages concurrently)")
+    job_queue_max: int = Field(100, ge=1, description="unfinished jobs accepted before 429")
+    result_ttl_s: float = Field(86400.0, gt=0, description="finished jobs and their results are deleted after this")
     log_level: str = "INFO"
 
     @field_validator("ngram_whitelist_token_ids", mode="before")

@@ -31,6 +31,8 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
         if total > limit:
             raise InputError(413, "file_too_large", f"upload is over the limit of {limit} bytes (MAX_UPLOAD_BYTES)")
         chunks.append(chunk)
+    if not total:
+        raise InputError(400, "empty_file", f"the uploaded file {upload.filename or ''!r} is empty (0 bytes)")
     return b"".join(chunks)
 
 

@@ -29,6 +29,15 @@ def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def jobs_of(request: Request):
+    """The app's JobManager, or a 503 saying why the job queue is not running."""
+    jobs = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        reason = getattr(request.app.state, "jobs_error", None) or "not started"
+        raise InputError(503, "jobs_unavailable", f"the job queue is not available: {reason}")
+    return jobs
+
+
 async def image_bytes(
     settings: Settings,
     file: UploadFile | None = None,

@@ -21,11 +21,13 @@ from pydantic import BaseModel, Field
 import pipeline
 from config import Settings, get_settings
 from deepseek_ocr import PROMPTS, build_engine
+from documents import Renderer
 from errors import InputError, error_response, install_handlers
+from jobs import JobManager
 from process.image_process import MODES
 
 VERSION = "0.1.0"
-ROUTERS = {"ocr": "ocr_routes", "pdf": "pdf_routes", "batch": "batch_routes"}
+ROUTERS = {"ocr": "ocr_routes", "pdf": "pdf_routes", "batch": "batch_routes", "jobs": "job_routes"}
 log = logging.getLogger("ocr.app")
 
 
@@ -106,10 +108,22 @@ def create_app(settings: Settings | None = None, routers: dict[str, str] | None 
     async def lifespan(app: FastAPI):
         engine = build_engine(settings)
         app.state.engine = engine
+        app.state.renderer = Renderer(settings.num_workers)
         app.state.engine_task = asyncio.create_task(engine.start())  # /health answers while it loads
+        app.state.jobs, app.state.jobs_error = None, None
+        try:
+            jobs = JobManager(settings, engine, app.state.renderer)
+            await jobs.start()
+            app.state.jobs = jobs
+        except Exception as e:
+            app.state.jobs_error = f"{type(e).__name__}: {e}"
+            log.exception("job queue could not start")
         yield
+        if app.state.jobs:
+            await app.state.jobs.stop()
         app.state.engine_task.cancel()
         await engine.stop()
+        app.state.renderer.shutdown()
 
     app = FastAPI(
         title="DeepSeek-OCR service",
