@@ -18,8 +18,8 @@ import re
 import shutil
 import time
 import unicodedata
-from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,7 +97,9 @@ class Renderer:
             raw = await loop.run_in_executor(self.pool, pdf_process.render_page_raw, *args)
         except BrokenProcessPool as e:  # a worker died (a hostile PDF?): replace the pool, fail this page only
             self._pool = None
-            raise InputError(422, "render_failed", f"page {index + 1} could not be rendered (the renderer crashed)") from e
+            raise InputError(
+                422, "render_failed", f"page {index + 1} could not be rendered (the renderer crashed)"
+            ) from e
         return pdf_process.to_image(raw)
 
     def shutdown(self) -> None:

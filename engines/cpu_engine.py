@@ -26,8 +26,18 @@ from process.image_process import tile_boxes
 
 log = logging.getLogger("ocr.cpu")
 # Tuned on born-digital pages at 144 dpi: finds tightly spaced lines the defaults (0.5, 1.6) miss.
-DETECTION = {"box_thresh": 0.3, "unclip_ratio": 1.4, "return_word_box": True}
+DETECTION = {"box_thresh": 0.3, "unclip_ratio": 1.4, "return_word_box": True, "use_cls": False}
 SPACE_GAP = 0.35  # a gap between two Latin characters wider than this x line height is a space
+
+
+PAD = 32  # text that runs into the image edge is misread; a margin of page colour fixes it
+
+
+def pad_page(bgr: np.ndarray) -> np.ndarray:
+    """The image with a PAD-pixel margin of its own border colour (median of the edge pixels)."""
+    edges = np.concatenate([bgr[0], bgr[-1], bgr[:, 0], bgr[:, -1]])
+    colour = [int(v) for v in np.median(edges, axis=0)]
+    return cv2.copyMakeBorder(np.ascontiguousarray(bgr), PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=colour)
 
 
 def restore_spaces(text: str, char_boxes: list, chars: list[str]) -> str:
@@ -130,12 +140,12 @@ class CPUEngine(OCREngine):
             for _, top, _, bottom in bands:
                 margin = 48 if len(bands) > 1 else 0
                 y0, y1 = max(0, top - margin), min(h, bottom + margin)
-                result, _ = engine(np.ascontiguousarray(rgb[y0:y1, :, ::-1]), **DETECTION)
+                result, _ = engine(pad_page(rgb[y0:y1, :, ::-1]), **DETECTION)
                 for quad, text, score, *words in result or []:
                     if len(words) >= 2:
                         text = restore_spaces(str(text), words[0], words[1])
-                    xs = [p[0] for p in quad]
-                    ys = [p[1] + y0 for p in quad]
+                    xs = [min(max(p[0] - PAD, 0), w) for p in quad]
+                    ys = [min(max(p[1] - PAD, 0), y1 - y0) + y0 for p in quad]
                     ln = Line(min(xs), min(ys), max(xs), max(ys), str(text), float(score))
                     if len(bands) == 1 or top <= ln.cy < bottom:  # each line belongs to one band
                         lines.append(ln)

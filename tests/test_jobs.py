@@ -1,0 +1,126 @@
+"""Jobs: async submission, progress, results, cancel, expiry, a full queue, and a real kill -9 + restart."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import DOCLING, ROOT, cer, make_client, page_text, wait_ready
+
+from config import Settings
+
+
+def wait_state(client, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['state']}")
+
+
+@pytest.fixture()
+def job_client(tmp_path):
+    with make_client(Settings(_env_file=None, data_dir=tmp_path, job_queue_max=2, result_ttl_s=3)) as c:
+        wait_ready(c)
+        yield c
+
+
+def test_async_pdf_job_lifecycle(job_client):
+    r = job_client.post("/pdf/ocr?async=true", files={"file": ("m.pdf", (DOCLING / "multi_page.pdf").read_bytes())})
+    assert r.status_code == 202 and r.headers["location"] == r.json()["status_url"]
+    job_id = r.json()["job_id"]
+    assert job_client.get(f"/jobs/{job_id}/result").status_code in (409, 200)
+    job = wait_state(job_client, job_id)
+    assert job["state"] == "done"
+    assert job["progress"]["pages_done"] == job["progress"]["pages_total"] == 5
+    result = job_client.get(f"/jobs/{job_id}/result").json()
+    pages = result["files"][0]["pages"]
+    assert [p["page"] for p in pages] == [1, 2, 3, 4, 5]
+    assert cer(pages[4]["text"], page_text("multi_page.pdf", 4)) <= 0.15
+    z = zipfile.ZipFile(io.BytesIO(job_client.get(f"/jobs/{job_id}/download").content))
+    assert "m/m.md" in z.namelist() and "results.json" in z.namelist()
+    assert job_client.delete(f"/jobs/{job_id}").json()["state"] == "deleted"
+    assert job_client.get(f"/jobs/{job_id}").status_code == 404
+
+
+def test_batch_job_cancel_queue_full_and_expiry(job_client, scan_png):
+    big = (DOCLING / "multi_page.pdf").read_bytes()
+    first = job_client.post("/jobs", files=[("files", ("a.pdf", big))]).json()["job_id"]
+    second = job_client.post("/batch/ocr?async=true", files=[("files", ("s.png", scan_png))]).json()["job_id"]
+    full = job_client.post("/jobs", files=[("files", ("s.png", scan_png))])
+    assert full.status_code == 429 and full.headers["retry-after"]
+    assert job_client.delete(f"/jobs/{second}").json()["state"] == "cancelled"  # still queued behind the first
+    assert job_client.get(f"/jobs/{second}").json()["state"] == "cancelled"
+    assert wait_state(job_client, first)["state"] == "done"
+    time.sleep(4.5)  # RESULT_TTL_S=3: the sweeper removes finished jobs
+    assert job_client.get(f"/jobs/{first}").status_code == 404
+    assert job_client.get("/jobs/nope").json()["error"]["code"] == "job_not_found"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "DATA_DIR": str(data_dir), "ENGINE": "cpu", "NUM_WORKERS": "1"}
+    cmd = [sys.executable, "-m", "uvicorn", "serve_ocr:app", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+def test_job_survives_kill_9_and_restart(tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server(tmp_path, port)
+    try:
+        r = httpx.post(
+            f"{base}/jobs", files=[("files", ("m.pdf", (DOCLING / "multi_page.pdf").read_bytes()))], timeout=30
+        )
+        job_id = r.json()["job_id"]
+        deadline = time.time() + 120
+        while time.time() < deadline:  # kill once some but not all pages are done
+            job = httpx.get(f"{base}/jobs/{job_id}").json()
+            if 1 <= job["progress"]["pages_done"] < 5:
+                break
+            time.sleep(0.1)
+        done_before = job["progress"]["pages_done"]
+        assert 1 <= done_before < 5, job
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = start_server(tmp_path, port)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            job = httpx.get(f"{base}/jobs/{job_id}").json()
+            if job["state"] in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        assert job["state"] == "done", job
+        pages = httpx.get(f"{base}/jobs/{job_id}/result").json()["files"][0]["pages"]
+        assert [p["page"] for p in pages] == [1, 2, 3, 4, 5]
+        for p in pages:
+            assert cer(p["text"], page_text("multi_page.pdf", p["page"] - 1)) <= 0.15
+    finally:
+        proc.kill()
+        proc.wait(10)
