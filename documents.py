@@ -242,6 +242,7 @@ def _finish(
         "seconds": round(seconds, 3),
     }
     (out / "result.json").write_text(json.dumps(entry))
+    (out / "input.pdf").unlink(missing_ok=True)  # kept only while pages remain (resume)
     return entry
 
 

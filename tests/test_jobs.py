@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import zipfile
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DOCLING, ROOT, cer, make_client, page_text, wait_ready
+from conftest import DOCLING, cer, make_client, page_text, start_server, wait_ready
 
 from config import Settings
 
@@ -68,32 +63,8 @@ def test_batch_job_cancel_queue_full_and_expiry(job_client, scan_png):
     assert job_client.get("/jobs/nope").json()["error"]["code"] == "job_not_found"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(data_dir: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "DATA_DIR": str(data_dir), "ENGINE": "cpu", "NUM_WORKERS": "1"}
-    cmd = [sys.executable, "-m", "uvicorn", "serve_ocr:app", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("server did not start")
-
-
 def test_job_survives_kill_9_and_restart(tmp_path):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start_server(tmp_path, port)
+    proc, base = start_server(tmp_path)
     try:
         r = httpx.post(
             f"{base}/jobs", files=[("files", ("m.pdf", (DOCLING / "multi_page.pdf").read_bytes()))], timeout=30
@@ -109,7 +80,7 @@ def test_job_survives_kill_9_and_restart(tmp_path):
         assert 1 <= done_before < 5, job
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        proc = start_server(tmp_path, port)
+        proc, _ = start_server(tmp_path, base)
         deadline = time.time() + 120
         while time.time() < deadline:
             job = httpx.get(f"{base}/jobs/{job_id}").json()
