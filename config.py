@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
     num_workers: int = Field(2, ge=1, le=256, description="CPU workers for decoding, tiling and the CPU engine")
-    cpu_engine_threads: int = Field(0, ge=0, description="ONNX threads per CPU-engine worker (0 = runtime default)")
+    cpu_engine_threads: int = Field(0, ge=0, description="ONNX threads per CPU-engine worker (0 = cores / NUM_WORKERS)")
 
     # --- image preprocessing (the official scripts' names) ---------------------------------
     base_size: int = Field(1024, ge=256, le=2048)
