@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     max_model_len: int = Field(8192, ge=512)
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
+    ngram_impl: Literal["batched", "vllm"] = Field(
+        "batched", description="repetition guard: ours (GPU, batched) or vLLM's"
+    )
+    mm_cache_gb: float = Field(0.0, ge=0, description="vLLM multimodal processor cache (0: every page is new)")
+    kv_cache_dtype: str = Field("auto", description="vLLM KV cache dtype, e.g. fp8")
+    enforce_eager: bool = Field(False, description="vLLM without CUDA graphs (faster start, slower decode)")
     num_workers: int = Field(2, ge=1, le=256, description="CPU workers for decoding, tiling and the CPU engine")
     cpu_engine_threads: int = Field(0, ge=0, description="ONNX threads per CPU-engine worker (0 = cores / NUM_WORKERS)")
 

@@ -140,11 +140,15 @@ class OCREngine(ABC):
         self.ready = False
         self.error: str | None = None
         self.model_name = settings.model_path
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._slots = asyncio.Semaphore(self.capacity())
         self.in_flight = 0
         self.completed = 0
         self.failed = 0
         self.busy_s = 0.0
+
+    def capacity(self) -> int:
+        """Requests this engine really runs at once (more wait for a slot)."""
+        return self.settings.max_concurrency
 
     @abstractmethod
     async def start(self) -> None: ...
@@ -174,7 +178,13 @@ class OCREngine(ABC):
             queued = time.perf_counter() - t0
             self.in_flight += 1
             try:
-                res = await self._run(req)
+                async with asyncio.timeout(self.settings.request_timeout_s):  # running time, not queueing
+                    res = await self._run(req)
+            except TimeoutError as e:
+                self.failed += 1
+                raise InputError(
+                    504, "timeout", f"OCR ran longer than {self.settings.request_timeout_s:.0f} s (REQUEST_TIMEOUT_S)"
+                ) from e
             except BaseException:
                 self.failed += 1
                 raise
@@ -198,7 +208,7 @@ class OCREngine(ABC):
             "ready": self.ready,
             "error": self.error,
             "tasks": sorted(t.value for t in self.tasks),
-            "max_concurrency": self.settings.max_concurrency,
+            "max_concurrency": self.capacity(),
             "in_flight": self.in_flight,
             "completed": self.completed,
             "failed": self.failed,

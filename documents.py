@@ -121,6 +121,14 @@ def _page_record(page: pipeline.PageResult, number: int, dpi: int | None) -> dic
     }
 
 
+def _empty_page(number: int, dpi: int | None) -> dict:
+    usage = {"prompt_tokens": 0, "output_tokens": 0, "finish_reason": "error", "timings": {}}
+    return {
+        "page": number, "text": "", "markdown": "", "raw_output": "", "regions": [], "image_size": None,
+        "dpi": dpi, "usage": usage, "repetition_collapsed": False,
+    }  # fmt: skip
+
+
 def _save_page_outputs(page: pipeline.PageResult, number: int, out: Path, opts: DocOptions, is_pdf: bool) -> None:
     if opts.extract_images:
         for region, crop in ocr_utils.crop_regions(page.image, page.regions, {"image"}):
@@ -176,7 +184,7 @@ async def process_document(
     done = sum((out / "pages" / f"{n:04d}.json").exists() for n in numbers)
     if progress:
         progress(done, len(numbers))
-    window = asyncio.Semaphore(max(2, 2 * settings.num_workers, min(settings.max_concurrency, 64)))
+    window = asyncio.Semaphore(max(2, min(2 * engine.capacity(), 64)))  # pages in memory at once
 
     async def one(number: int) -> None:
         nonlocal done
@@ -192,12 +200,18 @@ async def process_document(
             else:
                 image, info = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
                 used_dpi = None
-            page = await pipeline.ocr_page(
-                engine, settings, image, opts.prompt, image_info=info, page=number if kind == "pdf" else None,
-                mode=opts.mode, max_tokens=opts.max_tokens,
-            )  # fmt: skip
-            await asyncio.to_thread(_save_page_outputs, page, number, out, opts, kind == "pdf")
-            record = _page_record(page, number, used_dpi)
+            try:
+                page = await pipeline.ocr_page(
+                    engine, settings, image, opts.prompt, image_info=info,
+                    page=number if kind == "pdf" else None, mode=opts.mode, max_tokens=opts.max_tokens,
+                )  # fmt: skip
+            except InputError as e:  # one bad page (a timeout) must not sink a PDF; 503 (engine down) does
+                if kind != "pdf" or e.status == 503:
+                    raise
+                record = {**_empty_page(number, used_dpi), **e.body()}
+            else:
+                await asyncio.to_thread(_save_page_outputs, page, number, out, opts, kind == "pdf")
+                record = _page_record(page, number, used_dpi)
             tmp = record_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(record))
             tmp.replace(record_path)  # atomic: a kill never leaves half a page

@@ -114,6 +114,7 @@ def build_request(
     temperature: float = 0.0,
     target: str | None = None,
     tiling: bool = False,
+    ignore_eos: bool = False,
 ) -> OCRRequest:
     spec = resolve_prompt(prompt, target)
     m = get_mode(mode, settings.default_mode if settings.crop_mode else "base")
@@ -129,7 +130,26 @@ def build_request(
         ngram_window=settings.ngram_window,
         ngram_whitelist=tuple(settings.ngram_whitelist_token_ids),
         tiling=tiling,
+        ignore_eos=ignore_eos,
     )
+
+
+async def cancel_on_disconnect(request: Request, work):
+    """Await `work`, cancelling it (and so the engine request) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while not task.done():
+            if await request.is_disconnected():
+                task.cancel()
+                return
+            await asyncio.sleep(0.25)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    finally:
+        watcher.cancel()
 
 
 def validate(engine: OCREngine, settings: Settings, prompt: str | None, mode: str | None, target: str | None) -> None:
@@ -173,13 +193,7 @@ async def ocr_page(
 ) -> PageResult:
     req = build_request(settings, image, prompt, **options)
     t0 = time.perf_counter()
-    try:
-        async with asyncio.timeout(settings.request_timeout_s):
-            res = await engine.generate(req)
-    except TimeoutError as e:
-        raise InputError(
-            504, "timeout", f"OCR took longer than {settings.request_timeout_s:.0f} s (REQUEST_TIMEOUT_S)"
-        ) from e
+    res = await engine.generate(req)  # REQUEST_TIMEOUT_S bounds its running time
     res.timings.setdefault("engine_wall", round(time.perf_counter() - t0, 4))
     return await asyncio.to_thread(postprocess, req, res, image_info or {}, page)
 

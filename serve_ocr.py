@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import traceback
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 import pipeline
@@ -24,7 +25,7 @@ from deepseek_ocr import PROMPTS, build_engine
 from documents import Renderer
 from errors import InputError, error_response, install_handlers
 from jobs import JobManager
-from process.image_process import MODES
+from process.image_process import MODES, load_image
 
 VERSION = "0.1.0"
 ROUTERS = {"ocr": "ocr_routes", "pdf": "pdf_routes", "batch": "batch_routes", "jobs": "job_routes"}
@@ -39,6 +40,8 @@ class GenerateBody(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=32768)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     target: str | None = Field(None, description="text to find, for the 'locate' prompt")
+    stream: bool = Field(False, description="send the text as server-sent events while it is generated")
+    ignore_eos: bool = Field(False, description="benchmarks only: always generate max_tokens")
 
 
 class InvocationBody(BaseModel):
@@ -178,7 +181,11 @@ def base_router() -> APIRouter:
         """Basic inference on a base64 or URL image; `result` is the model's raw text."""
         settings = pipeline.settings_of(request)
         data = await pipeline.image_bytes(settings, image_url=body.image_url, image_base64=body.image_base64)
-        return await _generate(request, data, body.prompt, body.mode, body.max_tokens, body.temperature, body.target)
+        options = {"mode": body.mode, "max_tokens": body.max_tokens, "temperature": body.temperature}
+        options.update(target=body.target, ignore_eos=body.ignore_eos)
+        if body.stream:
+            return await _stream(request, data, body.prompt, options)
+        return await pipeline.cancel_on_disconnect(request, _generate(request, data, body.prompt, **options))
 
     @r.post("/generate_with_file")
     async def generate_with_file(
@@ -192,7 +199,8 @@ def base_router() -> APIRouter:
     ) -> dict:
         """Basic inference on an uploaded image."""
         data = await pipeline.image_bytes(pipeline.settings_of(request), file=file)
-        return await _generate(request, data, prompt, mode, max_tokens, temperature, target)
+        options = {"mode": mode, "max_tokens": max_tokens, "temperature": temperature, "target": target}
+        return await pipeline.cancel_on_disconnect(request, _generate(request, data, prompt, **options))
 
     @r.post("/invocations")
     async def invocations(request: Request, body: InvocationBody) -> dict:
@@ -215,20 +223,29 @@ def base_router() -> APIRouter:
     return r
 
 
-async def _generate(
-    request: Request,
-    data: bytes,
-    prompt: str | None,
-    mode: str | None,
-    max_tokens: int | None,
-    temperature: float,
-    target: str | None,
-) -> dict:
+async def _stream(request: Request, data: bytes, prompt: str | None, options: dict) -> StreamingResponse:
+    """Server-sent events: `data: {"text": delta}` while generating, then `data: [DONE]`."""
     engine = pipeline.engine_of(request)
     settings = pipeline.settings_of(request)
-    page = await pipeline.ocr_image_bytes(
-        engine, settings, data, prompt, mode=mode, max_tokens=max_tokens, temperature=temperature, target=target
-    )
+    pipeline.validate(engine, settings, prompt, options.get("mode"), options.get("target"))
+    image, _ = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
+    req = pipeline.build_request(settings, image, prompt, **options)
+
+    async def events():
+        try:
+            async for delta in engine.stream(req):  # a client that leaves cancels this generator
+                yield f"data: {json.dumps({'text': delta})}\n\n"
+        except InputError as e:
+            yield f"data: {json.dumps(e.body())}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def _generate(request: Request, data: bytes, prompt: str | None, **options) -> dict:
+    engine = pipeline.engine_of(request)
+    settings = pipeline.settings_of(request)
+    page = await pipeline.ocr_image_bytes(engine, settings, data, prompt, **options)
     return {
         "result": page.raw,
         "text": page.text,

@@ -117,6 +117,9 @@ class CPUEngine(OCREngine):
         self._workers: queue.Queue = queue.Queue()
         self._pool: ThreadPoolExecutor | None = None
 
+    def capacity(self) -> int:
+        return self.settings.num_workers
+
     async def start(self) -> None:
         n = self.settings.num_workers
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cpu-ocr")

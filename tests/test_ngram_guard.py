@@ -1,0 +1,82 @@
+"""The batched repetition guard bans exactly what the official per-request rule bans (CPU tensors)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from process.ngram_norepeat import TokenWindows, guard_params, ngram_bans, reference_bans  # noqa: E402
+
+
+def batched(outputs: list[list[int]], n: int, window: int, whitelist=()) -> list[set[int]]:
+    rows = TokenWindows(len(outputs), width=window)
+    for i, out in enumerate(outputs):
+        rows.add(i, (n, window, tuple(whitelist)), out)
+    rows.sync()
+    logits = torch.zeros(len(outputs), 50)
+    rows.apply(logits)
+    return [set(torch.nonzero(torch.isinf(logits[i])).flatten().tolist()) for i in range(len(outputs))]
+
+
+def test_simple_loop_is_banned():
+    out = [1, 2, 3, 1, 2]  # "1 2" seen before, followed by 3 -> 3 is banned after "... 1 2" (n=3)
+    assert reference_bans(out, 3, 90) == {3}
+    assert batched([out], 3, 90) == [{3}]
+    assert batched([out], 3, 90, whitelist=[3]) == [set()]
+    assert batched([[1, 2]], 3, 90) == [set()]  # fewer than n tokens: nothing
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_matches_reference_on_random_sequences(seed):
+    rng = random.Random(seed)
+    n = rng.choice([1, 2, 3, 4, 6])
+    window = rng.choice([n, n + 3, 12, 30, 90])
+    vocab = rng.choice([3, 5, 8])
+    whitelist = set(rng.sample(range(vocab), k=rng.choice([0, 1])))
+    outputs = [[rng.randrange(vocab) for _ in range(rng.randrange(0, 120))] for _ in range(8)]
+    expected = [reference_bans(o, n, window, whitelist) for o in outputs]
+    assert batched(outputs, n, window, sorted(whitelist)) == expected
+
+
+def test_incremental_updates_follow_the_persistent_batch():
+    rng = random.Random(7)
+    n, window = 3, 12
+    rows = TokenWindows(4, width=window)
+    outs = {i: [] for i in range(4)}
+    for i in range(3):
+        rows.add(i, (n, window, ()), outs[i])
+    for step in range(60):
+        rows.sync()
+        logits = torch.zeros(4, 6)
+        rows.apply(logits)
+        for i, row in rows.rows.items():
+            got = set(torch.nonzero(torch.isinf(logits[i])).flatten().tolist())
+            assert got == reference_bans(row.output, n, window), (step, i)
+        for row in rows.rows.values():  # every live request decodes one token
+            row.output.append(rng.randrange(4))
+        if step == 20:
+            rows.swap(0, 2)
+        if step == 30:
+            rows.remove(1)
+            outs[3] = [1, 2, 1, 2, 1]  # a resumed request arrives with tokens already
+            rows.add(1, (n, window, ()), outs[3])
+        if step == 40:
+            rows.move(2, 3)
+
+
+def test_vectorised_core_directly():
+    windows = torch.tensor([[-1, -1, 5, 6, 5], [1, 1, 1, 1, 1]])
+    rows, toks = ngram_bans(windows, torch.tensor([3, 9]), 2, torch.tensor([], dtype=torch.long))
+    assert sorted(zip(rows.tolist(), toks.tolist(), strict=True)) == [(0, 6), (1, 1), (1, 1), (1, 1), (1, 1)]
+
+
+def test_params_from_extra_args():
+    assert guard_params(None) is None and guard_params({"window_size": 5}) is None
+    assert guard_params({"ngram_size": 30, "window_size": 90, "whitelist_token_ids": {128822, 128821}}) == (
+        30, 90, (128821, 128822),
+    )  # fmt: skip
+    with pytest.raises(ValueError):
+        guard_params({"ngram_size": -1})
