@@ -136,6 +136,16 @@ class VLLMEngine(OCREngine):
     async def _submit(self, req: OCRRequest, output_kind):
         from vllm import SamplingParams
 
+        if mm_kwargs(req.mode) is not None:
+            from errors import InputError
+
+            # vLLM 0.26's DeepSeek-OCR processor counts image placeholders with its built-in Gundam sizes;
+            # other sizes fail inside vLLM (placeholder mismatch), so refuse them up front.
+            raise InputError(
+                422, "mode_not_supported", f"the vllm engine runs gundam mode only, not {req.mode.name}",
+                accepted=["gundam"],
+            )  # fmt: skip
+
         params = SamplingParams(**sampling_kwargs(req), output_kind=output_kind)
         request_id = req.request_id or uuid.uuid4().hex
         if not hasattr(self, "_supported_tasks"):
