@@ -19,7 +19,6 @@ from config import Settings
 from deepseek_ocr import PROMPTS
 from documents import DocOptions, process_document, safe_name
 from errors import InputError
-from inputs import decode_base64, fetch_url, read_upload
 from process.image_process import MODES
 
 PREFIX = "/pdf"
@@ -34,20 +33,8 @@ def check(settings: Settings) -> None:
 async def pdf_bytes(
     settings: Settings, file: UploadFile | None, pdf_url: str | None, pdf_base64: str | None
 ) -> tuple[str, bytes]:
-    given = [n for n, v in (("file", file), ("pdf_url", pdf_url), ("pdf_base64", pdf_base64)) if v]
-    if len(given) != 1:
-        raise InputError(
-            400,
-            "need_one_pdf",
-            "send exactly one PDF: " + (f"got {', '.join(given)}" if given else "none was given"),
-            accepted=["file (multipart)", "pdf_url", "pdf_base64"],
-        )
-    limit = settings.max_upload_bytes
-    if file is not None:
-        return file.filename or "document.pdf", await read_upload(file, limit)
-    if pdf_url:
-        return pdf_url.rsplit("/", 1)[-1].split("?")[0] or "document.pdf", await fetch_url(pdf_url, settings, limit)
-    return "document.pdf", decode_base64(pdf_base64 or "", limit, "pdf_base64")
+    name, data = await pipeline.source_bytes(settings, "pdf", file, pdf_url, pdf_base64)
+    return (name if name != "pdf" else "document.pdf"), data
 
 
 def workdir(settings: Settings) -> Path:

@@ -38,6 +38,27 @@ def jobs_of(request: Request):
     return jobs
 
 
+async def source_bytes(
+    settings: Settings, kind: str, file: UploadFile | None, url: str | None, b64: str | None
+) -> tuple[str, bytes]:
+    """Exactly one of a multipart file, `{kind}_url` or `{kind}_base64` -> (a file name, the bytes)."""
+    fields = (("file", file), (f"{kind}_url", url), (f"{kind}_base64", b64))
+    given = [name for name, value in fields if value]
+    if len(given) != 1:
+        raise InputError(
+            400,
+            f"need_one_{kind}",
+            f"send exactly one {kind}: " + (f"got {', '.join(given)}" if given else "none was given"),
+            accepted=["file (multipart)", f"{kind}_url", f"{kind}_base64"],
+        )
+    limit = settings.max_upload_bytes
+    if file is not None:
+        return file.filename or kind, await read_upload(file, limit)
+    if url:
+        return url.rsplit("/", 1)[-1].split("?")[0] or kind, await fetch_url(url, settings, limit)
+    return kind, decode_base64(b64 or "", limit, f"{kind}_base64")
+
+
 async def image_bytes(
     settings: Settings,
     file: UploadFile | None = None,
@@ -45,20 +66,7 @@ async def image_bytes(
     image_base64: str | None = None,
 ) -> bytes:
     """Exactly one image source -> bytes."""
-    given = [n for n, v in (("file", file), ("image_url", image_url), ("image_base64", image_base64)) if v]
-    if len(given) != 1:
-        raise InputError(
-            400,
-            "need_one_image",
-            "send exactly one image: " + (f"got {', '.join(given)}" if given else "none was given"),
-            accepted=["file (multipart)", "image_url", "image_base64"],
-        )
-    limit = settings.max_upload_bytes
-    if file is not None:
-        return await read_upload(file, limit)
-    if image_url:
-        return await fetch_url(image_url, settings, limit)
-    return decode_base64(image_base64 or "", limit)
+    return (await source_bytes(settings, "image", file, image_url, image_base64))[1]
 
 
 @dataclass
