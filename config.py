@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     )
 
     # --- storage, jobs and serving ------------------------------------------------------
+    max_queue: int = Field(
+        256, ge=0, description="single-image requests allowed to wait beyond engine capacity before 503"
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(default=[], description="accepted API keys (comma-separated)")
+    api_keys_file: Path | None = Field(None, description="a file of API keys, one per line")
+    log_format: Literal["json", "text"] = "json"
     data_dir: Path = Field(Path("data"), description="jobs database, job files, temporary work")
     job_workers: int = Field(1, ge=1, le=64, description="jobs run at once (each runs its pages concurrently)")
     job_queue_max: int = Field(100, ge=1, description="unfinished jobs accepted before 429")
@@ -80,6 +86,11 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [int(x) for x in v.replace(",", " ").split()]
         return v
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        return [x for x in v.replace(",", " ").split()] if isinstance(v, str) else v
 
     @field_validator("url_allow_networks", mode="before")
     @classmethod

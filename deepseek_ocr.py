@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+import metrics
 from config import Settings
 from errors import InputError
 from process.image_process import ResolutionMode, TilePlan
@@ -142,6 +143,8 @@ class OCREngine(ABC):
         self.model_name = settings.model_path
         self._slots = asyncio.Semaphore(self.capacity())
         self.in_flight = 0
+        self.waiting = 0
+        self.admitted = 0  # single-image HTTP requests accepted and not finished (backpressure)
         self.completed = 0
         self.failed = 0
         self.busy_s = 0.0
@@ -174,23 +177,35 @@ class OCREngine(ABC):
         if req.spec.task not in self.tasks:
             raise self.unsupported(req.spec.task)
         t0 = time.perf_counter()
-        async with self._slots:
-            queued = time.perf_counter() - t0
-            self.in_flight += 1
-            try:
-                async with asyncio.timeout(self.settings.request_timeout_s):  # running time, not queueing
-                    res = await self._run(req)
-            except TimeoutError as e:
-                self.failed += 1
-                raise InputError(
-                    504, "timeout", f"OCR ran longer than {self.settings.request_timeout_s:.0f} s (REQUEST_TIMEOUT_S)"
-                ) from e
-            except BaseException:
-                self.failed += 1
-                raise
-            finally:
-                self.in_flight -= 1
-                self.busy_s += time.perf_counter() - t0 - queued
+        self.waiting += 1
+        metrics.QUEUE.set(self.waiting)
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+            metrics.QUEUE.set(self.waiting)
+        queued = time.perf_counter() - t0
+        self.in_flight += 1
+        metrics.IN_FLIGHT.set(self.in_flight)
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):  # running time, not queueing
+                res = await self._run(req)
+        except TimeoutError as e:
+            self.failed += 1
+            metrics.observe_page(self.name, False, busy_s=time.perf_counter() - t0 - queued)
+            raise InputError(
+                504, "timeout", f"OCR ran longer than {self.settings.request_timeout_s:.0f} s (REQUEST_TIMEOUT_S)"
+            ) from e
+        except BaseException:
+            self.failed += 1
+            metrics.observe_page(self.name, False, busy_s=time.perf_counter() - t0 - queued)
+            raise
+        finally:
+            self.in_flight -= 1
+            metrics.IN_FLIGHT.set(self.in_flight)
+            self._slots.release()
+            self.busy_s += time.perf_counter() - t0 - queued
+        metrics.observe_page(self.name, True, res.prompt_tokens, res.output_tokens, time.perf_counter() - t0 - queued)
         self.completed += 1
         res.timings["queue"] = round(queued, 4)
         res.timings["total"] = round(time.perf_counter() - t0, 4)
@@ -210,6 +225,7 @@ class OCREngine(ABC):
             "tasks": sorted(t.value for t in self.tasks),
             "max_concurrency": self.capacity(),
             "in_flight": self.in_flight,
+            "waiting": self.waiting,
             "completed": self.completed,
             "failed": self.failed,
         }

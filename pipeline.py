@@ -211,9 +211,18 @@ async def ocr_image_bytes(
 ) -> PageResult:
     """Decode (off the event loop) and OCR one image."""
     validate(engine, settings, prompt, options.get("mode"), options.get("target"))
-    t0 = time.perf_counter()
-    image, info = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
-    decode_s = time.perf_counter() - t0
-    page = await ocr_page(engine, settings, image, prompt, image_info=info, **options)
+    if engine.admitted >= engine.capacity() + settings.max_queue:  # saturated: say so, never queue unboundedly
+        raise InputError(
+            503, "busy", f"{engine.admitted} requests are in progress or waiting (MAX_QUEUE); try again shortly",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
+    engine.admitted += 1
+    try:
+        t0 = time.perf_counter()
+        image, info = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
+        decode_s = time.perf_counter() - t0
+        page = await ocr_page(engine, settings, image, prompt, image_info=info, **options)
+    finally:
+        engine.admitted -= 1
     page.result.timings["decode"] = round(decode_s, 4)
     return page

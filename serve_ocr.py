@@ -13,18 +13,21 @@ import json
 import logging
 import traceback
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, FastAPI, File, Form, Request, Security, UploadFile
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 
+import metrics
 import pipeline
 from config import Settings, get_settings
 from deepseek_ocr import PROMPTS, build_engine
 from documents import Renderer
 from errors import InputError, error_response, install_handlers
 from jobs import JobManager
+from middleware import ApiKeys, BodyLimit, RequestContext, configure_logging, load_api_keys
 from process.image_process import MODES, load_image
 
 VERSION = "0.1.0"
@@ -85,27 +88,10 @@ def mount_routers(app: FastAPI, routers: dict[str, str]) -> None:
             app.include_router(_unavailable_router(name, prefix, reason))
 
 
-class BodyLimit:
-    """Refuses a request whose declared Content-Length is over the upload limit, before reading it."""
-
-    def __init__(self, app: Any, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            for k, v in scope.get("headers", []):
-                if k == b"content-length" and v.isdigit() and int(v) > self.limit:
-                    resp = error_response(
-                        413, "request_too_large", f"request body is {int(v)} bytes; the limit is {self.limit}"
-                    )
-                    await resp(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
 def create_app(settings: Settings | None = None, routers: dict[str, str] | None = None) -> FastAPI:
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
+    keys = load_api_keys(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -133,11 +119,15 @@ def create_app(settings: Settings | None = None, routers: dict[str, str] | None 
         version=VERSION,
         description="Images, scans and PDFs to text and Markdown with DeepSeek-OCR (vLLM) or the embedded CPU engine.",
         lifespan=lifespan,
+        # Declares the key in the OpenAPI schema so Swagger UI's Authorize button sends it.
+        dependencies=[Security(APIKeyHeader(name="X-API-Key", auto_error=False))] if keys else None,
     )
     app.state.settings = settings
     install_handlers(app)
-    # Base64 in JSON is 4/3 of the file, plus the rest of the form.
+    # Outermost last: request id + access log, then API keys, then the body cap (base64 in JSON is 4/3).
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
+    app.add_middleware(ApiKeys, keys=keys)
+    app.add_middleware(RequestContext)
     app.include_router(base_router())
     mount_routers(app, routers or ROUTERS)
     return app
@@ -156,6 +146,11 @@ def base_router() -> APIRouter:
             "routers": request.app.state.router_status,
             "docs": "/docs",
         }
+
+    @r.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @r.get("/health")
     async def health() -> dict:
