@@ -91,3 +91,18 @@ def test_saturated_engine_answers_503_with_retry_after(tmp_path, scan_png):
         busy = next(r for r in rs if r.status_code == 503)
         assert busy.headers["retry-after"] and busy.json()["error"]["code"] == "busy"
         assert all(cer(r.json()["text"], OCR_TEST_TEXT) <= 0.1 for r in rs if r.status_code == 200)
+
+
+def test_malformed_multipart_and_wrong_content_types(client, scan_png):
+    junk = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nnot closed'
+    r = client.post("/ocr/image/simple", content=junk, headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert 400 <= r.status_code < 500, r.text
+    r = client.post("/ocr/image/simple", content=b"\x00\x01", headers={"content-type": "multipart/form-data"})
+    assert 400 <= r.status_code < 500  # no boundary at all
+    r = client.post("/generate", content=scan_png, headers={"content-type": "image/png"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    r = client.post("/batch/ocr", json={"files": ["a.png"]})
+    assert r.status_code == 422
+    long_name = "ü" * 300 + ".png"
+    r = client.post("/batch/ocr/simple", files=[("files", (long_name, scan_png))])
+    assert r.status_code == 200 and r.json()["results"][0]["filename"] == long_name
