@@ -237,7 +237,8 @@ class JobManager:
         tmp = self.result_path(job_id).with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(self.result_path(job_id))
-        self.store.update(job_id, state="done", files=files, finished=time.time())
+        job_options = {k: v for k, v in opts_d.items() if k != "password"}  # kept only while needed for a resume
+        self.store.update(job_id, state="done", files=files, finished=time.time(), options=job_options)
         log.info("job %s done: %d file(s)", job_id, len(files))
 
     async def _sweeper(self) -> None:
