@@ -14,18 +14,13 @@ import asyncio
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 from PIL import Image, ImageDraw
-
-ROOT = Path(__file__).resolve().parents[1]
+from service import start_service, stop_service
 
 
 def synthetic_page(p: int, w: int = 1240, h: int = 1754) -> bytes:
@@ -62,11 +57,7 @@ def main() -> None:
     ap.add_argument("--extra-env", default="", help="KEY=VALUE,... passed to the server")
     args = ap.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {
-        **os.environ,
         "ENGINE": "vllm",
         "MODEL_PATH": args.model,
         "LOAD_FORMAT": "dummy",
@@ -79,32 +70,10 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
     }
     env.update(kv.split("=", 1) for kv in args.extra_env.split(",") if kv)
-    log = open(Path(tempfile.gettempdir()) / "gpu_bench_server.log", "w")
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "serve_ocr:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.gettempdir()) / "gpu_bench_server.log"
     t0 = time.time()
+    server, base = start_service(env, log=log, timeout=900, uvicorn_args=("--log-level", "warning"))
     try:
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() - t0 > 900:
-                raise SystemExit("server did not start; see " + log.name)
-            time.sleep(1)
         info = httpx.get(f"{base}/").json()["engine"]
         print(f"service up in {time.time() - t0:.0f} s: {json.dumps(info)}", flush=True)
         pngs = [base64.b64encode(synthetic_page(p)).decode() for p in range(args.pages)]
@@ -133,12 +102,7 @@ def main() -> None:
             }
             print("RESULT", json.dumps(res), flush=True)
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        stop_service(server)
 
 
 if __name__ == "__main__":

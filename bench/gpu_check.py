@@ -14,8 +14,6 @@ import argparse
 import base64
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,8 +23,8 @@ from pathlib import Path
 
 import httpx
 import pymupdf
+from service import ROOT, start_service, stop_service
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "bench" / "docs"  # small real documents that travel with the repo
 results: list[tuple[str, bool, str]] = []
 
@@ -46,29 +44,18 @@ def main() -> None:
     ap.add_argument("--startup-timeout", type=float, default=600)
     args = ap.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {
-        **os.environ,
         "ENGINE": args.engine,
         "MODEL_PATH": args.model,
         "LOAD_FORMAT": args.load_format,
         "DATA_DIR": tempfile.mkdtemp(),
         "GPU_MEM_UTILIZATION": os.environ.get("GPU_MEM_UTILIZATION", "0.85"),
     }
-    log = open(Path(tempfile.gettempdir()) / "gpu_check_server.log", "w")
-    cmd = [sys.executable, "-m", "uvicorn", "serve_ocr:app", "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
+    log = Path(tempfile.gettempdir()) / "gpu_check_server.log"
     t0 = time.time()
+    server, base = start_service(env, log=log, wait_for="/health", timeout=args.startup_timeout)
+    c = httpx.Client(base_url=base, timeout=300)
     try:
-        while True:
-            try:
-                if c.get("/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
         check("/health answers while the engine loads", True, f"{time.time() - t0:.1f} s after start")
         ready = c.get("/ready")
         check("/ready says 503 before the engine is up (or 200)", ready.status_code in (200, 503), ready.text[:120])
@@ -81,12 +68,7 @@ def main() -> None:
         check("all routers available", all(r["available"] for r in root["routers"].values()), str(root["routers"]))
         run_checks(c, args.max_tokens, root["engine"]["engine"])
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        stop_service(server)
     failed = [r for r in results if not r[1]]
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
     sys.exit(1 if failed else 0)

@@ -14,10 +14,6 @@ pages/s for each, the ratios service/baseline, and the peak RSS (VmHWM) of the s
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +21,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pymupdf
+from service import ROOT, start_service, stop_service
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCLING = ROOT.parent / "shared" / "testdata" / "docling"
 
 
@@ -88,21 +84,10 @@ def main() -> None:
         n = args.baseline_pages or args.pages
         results["baseline"] = n / baseline(pdf, n, args.dpi)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "ENGINE": "cpu", "DATA_DIR": str(tmp / "data"), "MAX_PDF_PAGES": str(max(500, args.pages))}
-    cmd = [sys.executable, "-m", "uvicorn", "serve_ocr:app", "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"ENGINE": "cpu", "DATA_DIR": str(tmp / "data"), "MAX_PDF_PAGES": str(max(500, args.pages))}
+    server, base = start_service(env, timeout=600)
     client = httpx.Client(base_url=base, timeout=None)
     try:
-        while True:
-            try:
-                if client.get("/ready").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         data = pdf.read_bytes()
         form = {"prompt": args.prompt, "dpi": str(args.dpi)}
         if "sync" not in skip:
@@ -121,8 +106,7 @@ def main() -> None:
             results["async"] = args.pages / (time.perf_counter() - t0)
         rss = peak_rss_mb(server.pid)
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_service(server)
 
     print(f"\n{'run':10} {'pages/s':>8} {'vs baseline':>12}")
     for name, pps in results.items():

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pymupdf
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +15,9 @@ from rapidfuzz.distance import Levenshtein
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from service import start_service  # noqa: E402
 
 from config import Settings  # noqa: E402
 from serve_ocr import create_app  # noqa: E402
@@ -83,21 +84,4 @@ def scan_png() -> bytes:
 
 def start_server(data_dir: Path, base: str | None = None) -> tuple[subprocess.Popen, str]:
     """A real uvicorn server on loopback (CPU engine); returns (process, base URL) once it is ready."""
-    if base is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = f"http://127.0.0.1:{s.getsockname()[1]}"
-    port = base.rsplit(":", 1)[1]
-    env = {**os.environ, "DATA_DIR": str(data_dir), "ENGINE": "cpu", "NUM_WORKERS": "1"}
-    cmd = [sys.executable, "-m", "uvicorn", "serve_ocr:app", "--host", "127.0.0.1", "--port", port]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("server did not start")
+    return start_service({"DATA_DIR": str(data_dir), "ENGINE": "cpu", "NUM_WORKERS": "1"}, base=base)
