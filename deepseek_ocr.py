@@ -187,25 +187,26 @@ class OCREngine(ABC):
         queued = time.perf_counter() - t0
         self.in_flight += 1
         metrics.IN_FLIGHT.set(self.in_flight)
+        ok = False
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):  # running time, not queueing
                 res = await self._run(req)
+            ok = True
         except TimeoutError as e:
-            self.failed += 1
-            metrics.observe_page(self.name, False, busy_s=time.perf_counter() - t0 - queued)
             raise InputError(
                 504, "timeout", f"OCR ran longer than {self.settings.request_timeout_s:.0f} s (REQUEST_TIMEOUT_S)"
             ) from e
-        except BaseException:
-            self.failed += 1
-            metrics.observe_page(self.name, False, busy_s=time.perf_counter() - t0 - queued)
-            raise
         finally:
+            busy = time.perf_counter() - t0 - queued
             self.in_flight -= 1
             metrics.IN_FLIGHT.set(self.in_flight)
             self._slots.release()
-            self.busy_s += time.perf_counter() - t0 - queued
-        metrics.observe_page(self.name, True, res.prompt_tokens, res.output_tokens, time.perf_counter() - t0 - queued)
+            self.busy_s += busy
+            self.failed += not ok
+            if ok:
+                metrics.observe_page(self.name, True, res.prompt_tokens, res.output_tokens, busy)
+            else:
+                metrics.observe_page(self.name, False, busy_s=busy)
         self.completed += 1
         res.timings["queue"] = round(queued, 4)
         res.timings["total"] = round(time.perf_counter() - t0, 4)

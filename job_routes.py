@@ -18,6 +18,7 @@ from documents import DocOptions
 from errors import InputError
 from jobs import JobManager
 from pipeline import jobs_of
+from process.image_process import sniff_kind
 
 PREFIX = "/jobs"
 router = APIRouter(prefix=PREFIX, tags=["jobs"])
@@ -53,7 +54,7 @@ async def create_job(
     pipeline.validate(pipeline.engine_of(request), settings, prompt, mode, None)
     items = await read_files(settings, files)
     opts = DocOptions(prompt, mode, dpi, pages, password, draw_layouts, extract_images, max_tokens)
-    kind = "pdf" if len(items) == 1 and items[0][1].lstrip()[:5].startswith(b"%PDF") else "batch"
+    kind = "pdf" if len(items) == 1 and sniff_kind(items[0][1]) == "pdf" else "batch"
     job = await jobs.submit(kind, items, opts)
     return JSONResponse(job, status_code=202, headers={"Location": job["status_url"]})
 

@@ -19,7 +19,7 @@ from config import Settings
 from deepseek_ocr import PROMPTS
 from documents import DocOptions, process_document, safe_name
 from errors import InputError
-from process.image_process import MODES
+from process.image_process import MODES, sniff_kind
 
 PREFIX = "/pdf"
 router = APIRouter(prefix=PREFIX, tags=["PDF OCR"])
@@ -43,11 +43,15 @@ def workdir(settings: Settings) -> Path:
     return path
 
 
-async def run_pdf(request: Request, name: str, data: bytes, opts: DocOptions) -> tuple[dict, Path]:
-    if not data.lstrip()[:5].startswith(b"%PDF"):
+def require_pdf(data: bytes) -> None:
+    if sniff_kind(data) != "pdf":
         raise InputError(
             415, "not_a_pdf", "the file is not a PDF: send images to /ocr/image/advanced", accepted=["PDF"]
         )
+
+
+async def run_pdf(request: Request, name: str, data: bytes, opts: DocOptions) -> tuple[dict, Path]:
+    require_pdf(data)
     settings = pipeline.settings_of(request)
     root = workdir(settings)
     stem = safe_name(name).rsplit(".", 1)[0] or "document"
@@ -89,8 +93,7 @@ async def pdf_ocr(
     name, data = await pdf_bytes(settings, file, pdf_url, pdf_base64)
     opts = DocOptions(prompt, mode, dpi, pages, password, draw_layouts, extract_images, max_tokens)
     if run_async:
-        if not data.lstrip()[:5].startswith(b"%PDF"):
-            raise InputError(415, "not_a_pdf", "the file is not a PDF", accepted=["PDF"])
+        require_pdf(data)
         job = await pipeline.jobs_of(request).submit("pdf", [(name, data)], opts)
         return JSONResponse(job, status_code=202, headers={"Location": job["status_url"]})
     entry, folder = await run_pdf(request, name, data, opts)

@@ -60,7 +60,8 @@ def sampling_kwargs(req: OCRRequest) -> dict:
 
 
 def mm_kwargs(mode: ResolutionMode) -> dict | None:
-    """Processor overrides for a resolution mode; None for vLLM's built-in Gundam mode."""
+    """Processor overrides a resolution mode would need; None for vLLM's built-in Gundam mode (the only
+    one vLLM 0.26 runs: requests that would need overrides are refused in _submit)."""
     if mode == MODES["gundam"]:
         return None
     return {"base_size": mode.base_size, "image_size": mode.image_size, "crop_mode": mode.crop_mode}
@@ -99,7 +100,7 @@ class VLLMEngine(OCREngine):
             "max_num_seqs": cfg.scheduler_config.max_num_seqs,
             "load_format": self.settings.load_format,
             "ngram_impl": self.settings.ngram_impl,
-            "modes": "gundam (native); others through processor overrides",
+            "modes": "gundam only (vLLM 0.26's processor)",
             "start_seconds": round(time.perf_counter() - t0, 1),
         }
         self.ready = True
@@ -126,9 +127,7 @@ class VLLMEngine(OCREngine):
 
     def _prepare(self, req: OCRRequest, request_id: str, params):
         """vLLM's input processing (tiling, tensors, tokens) for one page: runs in a worker thread."""
-        prompt: dict = {"prompt": req.spec.prompt, "multi_modal_data": {"image": req.image}}
-        if (kw := mm_kwargs(req.mode)) is not None:
-            prompt["mm_processor_kwargs"] = kw
+        prompt = {"prompt": req.spec.prompt, "multi_modal_data": {"image": req.image}}
         return self.llm.input_processor.process_inputs(
             request_id, prompt, params, supported_tasks=self._supported_tasks
         )
