@@ -25,6 +25,13 @@ from serve_ocr import create_app  # noqa: E402
 TESTDATA = Path(os.environ.get("OCR_TESTDATA", ROOT.parent / "shared" / "testdata"))
 DOCLING = TESTDATA / "docling"
 BROKEN = TESTDATA / "broken"
+# The undecodable files of ../shared/testdata/broken and the error each must give: (name, status, code).
+BROKEN_CASES = [
+    ("bomb_40000x40000.png", 413, "image_too_large"),
+    ("truncated.jpg", 422, "corrupt_image"),
+    ("not_an_image.png", 415, "pdf_sent_as_image"),
+    ("empty.png", 400, "empty_file"),
+]
 # What ocr_test.pdf's scanned page says (it has no text layer; read by eye).
 OCR_TEST_TEXT = "Docling bundles PDF document conversion to JSON and Markdown in an easy self contained package"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from conftest import BROKEN, DOCLING, OCR_TEST_TEXT, cer
+from conftest import BROKEN, BROKEN_CASES, DOCLING, OCR_TEST_TEXT, cer
 
 
 def assert_error(r, status: int, code: str | None = None) -> dict:
@@ -17,15 +17,7 @@ def assert_error(r, status: int, code: str | None = None) -> dict:
     return err
 
 
-@pytest.mark.parametrize(
-    ("name", "status", "code"),
-    [
-        ("bomb_40000x40000.png", 413, "image_too_large"),
-        ("truncated.jpg", 422, "corrupt_image"),
-        ("not_an_image.png", 415, "pdf_sent_as_image"),
-        ("empty.png", 400, "empty_file"),
-    ],
-)
+@pytest.mark.parametrize(("name", "status", "code"), BROKEN_CASES)
 @pytest.mark.parametrize("route", ["/ocr/image/advanced", "/ocr/image/simple", "/generate_with_file"])
 def test_broken_uploads(client, route, name, status, code):
     r = client.post(route, files={"file": (name, (BROKEN / name).read_bytes())})

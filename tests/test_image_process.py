@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import BROKEN, DOCLING
+from conftest import BROKEN, BROKEN_CASES, DOCLING
 
 from errors import InputError
 from process.image_process import MODES, get_mode, load_image, plan_tiles, tile_boxes
@@ -46,15 +46,7 @@ def test_unknown_mode_is_a_422_listing_modes():
     assert e.value.status == 422 and "gundam" in e.value.accepted
 
 
-@pytest.mark.parametrize(
-    ("name", "status", "code"),
-    [
-        ("bomb_40000x40000.png", 413, "image_too_large"),
-        ("truncated.jpg", 422, "corrupt_image"),
-        ("not_an_image.png", 415, "pdf_sent_as_image"),
-        ("empty.png", 400, "empty_file"),
-    ],
-)
+@pytest.mark.parametrize(("name", "status", "code"), BROKEN_CASES)
 def test_broken_files_raise_clear_errors(name, status, code):
     with pytest.raises(InputError) as e:
         load_image((BROKEN / name).read_bytes(), 60_000_000)
