@@ -19,8 +19,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from config import get_settings
-from deepseek_ocr import build_engine
 from documents import DocOptions, Renderer, process_document, unique_stems
+from engines.factory import build_engine
 from errors import InputError
 
 SUFFIXES = {".pdf", ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}

@@ -23,8 +23,9 @@ from pydantic import BaseModel, Field
 import metrics
 import pipeline
 from config import Settings, get_settings
-from deepseek_ocr import PROMPTS, build_engine
+from deepseek_ocr import PROMPTS
 from documents import Renderer
+from engines.factory import build_engine
 from errors import InputError, error_response, install_handlers
 from jobs import JobManager
 from middleware import ApiKeys, BodyLimit, RequestContext, configure_logging, load_api_keys

@@ -9,7 +9,7 @@ from conftest import OCR_TEST_TEXT, cer, make_client, wait_ready
 from pydantic import ValidationError
 
 from config import Settings
-from deepseek_ocr import choose_engine
+from engines.factory import choose_engine
 
 
 def test_a_broken_router_leaves_the_others_serving(tmp_path, monkeypatch, scan_png):

@@ -1,0 +1,57 @@
+"""Which engine ENGINE=auto|vllm|cpu means on this machine, and building it. The seam (deepseek_ocr.py)
+imports no engine; this module is the one place that does."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from config import Settings
+from deepseek_ocr import OCREngine
+
+log = logging.getLogger("ocr.engine")
+
+
+def _weights_present(model_path: str) -> tuple[bool, str]:
+    p = Path(model_path)
+    if p.is_dir():
+        return (p / "config.json").exists(), f"folder {p}"
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    cached = hf_home / "hub" / ("models--" + model_path.replace("/", "--"))
+    return cached.exists(), f"hub id {model_path} (cache {cached})"
+
+
+def choose_engine(settings: Settings) -> tuple[str, str]:
+    """Which engine ENGINE=auto|vllm|cpu means on this machine, and why."""
+    if settings.engine != "auto":
+        return settings.engine, f"ENGINE={settings.engine}"
+    if importlib.util.find_spec("vllm") is None:
+        return "cpu", "vllm is not installed"
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "cpu", "no CUDA device"
+    except ImportError:
+        return "cpu", "torch is not installed"
+    ok, where = _weights_present(settings.model_path)
+    if not ok and settings.load_format != "dummy":
+        return "cpu", f"no weights at {where}"
+    return "vllm", f"CUDA, vllm and weights ({where}) present"
+
+
+def build_engine(settings: Settings) -> OCREngine:
+    kind, why = choose_engine(settings)
+    log.info("engine: %s (%s)", kind, why)
+    if kind == "vllm":
+        from engines.vllm_engine import VLLMEngine
+
+        engine: OCREngine = VLLMEngine(settings)
+    else:
+        from engines.cpu_engine import CPUEngine
+
+        engine = CPUEngine(settings)
+    engine.selection_reason = why  # type: ignore[attr-defined]
+    return engine
