@@ -34,7 +34,8 @@ from process import pdf_process
 from process.image_process import load_image, sniff_kind
 
 PAGE_SPLIT = "\n\n<--- Page Split --->\n\n"
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int], None]  # (pages done, pages total)
+PageDone = Callable[[dict], None]  # a finished page's record (as written to pages/NNNN.json)
 
 
 @dataclass
@@ -149,8 +150,10 @@ async def process_document(
     out: Path,
     opts: DocOptions,
     progress: Progress | None = None,
+    page_done: PageDone | None = None,
 ) -> dict:
-    """OCR one image or PDF into `out`; returns the manifest entry (also saved as out/result.json)."""
+    """OCR one image or PDF into `out`; returns the manifest entry (also saved as out/result.json).
+    `progress` hears (done, total) at the start and after each page; `page_done` gets each new page's record."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "pages").mkdir(exist_ok=True)
     stem = out.name
@@ -218,6 +221,8 @@ async def process_document(
         done += 1
         if progress:
             progress(done, len(numbers))
+        if page_done:
+            page_done(record)
 
     await asyncio.gather(*(one(n) for n in numbers))
     return await asyncio.to_thread(_finish, out, stem, name, kind, numbers, page_count, opts, time.perf_counter() - t0)
@@ -268,8 +273,10 @@ async def process_many(
     root: Path,
     opts: DocOptions,
     progress: Callable[[int, int, int], None] | None = None,
+    page_done: Callable[[int, dict], None] | None = None,
 ) -> list[dict]:
-    """Several documents into root/{stem}/; a bad file gets an error entry, never fails the others."""
+    """Several documents into root/{stem}/; a bad file gets an error entry, never fails the others.
+    Callbacks get the file's index first: progress(i, done, total), page_done(i, record)."""
     stems = unique_stems([name for name, _ in items])
     files_at_once = asyncio.Semaphore(max(1, settings.num_workers))
 
@@ -277,7 +284,10 @@ async def process_many(
         async with files_at_once:
             try:
                 cb = (lambda d, t: progress(i, d, t)) if progress else None
-                return await process_document(engine, settings, renderer, name, source, root / stems[i], opts, cb)
+                on_page = (lambda rec: page_done(i, rec)) if page_done else None
+                return await process_document(
+                    engine, settings, renderer, name, source, root / stems[i], opts, cb, on_page
+                )
             except InputError as e:
                 entry = {"filename": name, "stem": stems[i], "success": False, **e.body()}
                 entry["error"]["status"] = e.status

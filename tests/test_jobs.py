@@ -43,6 +43,17 @@ def test_async_pdf_job_lifecycle(job_client):
     pages = result["files"][0]["pages"]
     assert [p["page"] for p in pages] == [1, 2, 3, 4, 5]
     assert cer(pages[4]["text"], page_text("multi_page.pdf", 4)) <= 0.15
+    events = job_client.app.state.jobs.store.events(job_id)
+    ids = [i for i, _ in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    kinds = [e["type"] for _, e in events]
+    assert kinds[:2] == ["state", "state"] and kinds[-2:] == ["file", "done"]
+    page_events = [e for _, e in events if e["type"] == "page"]
+    assert sorted(e["page"] for e in page_events) == [1, 2, 3, 4, 5]
+    assert all(e["chars"] > 0 and e["error"] is None and e["pages_total"] == 5 for e in page_events)
+    assert [e.get("page") for _, e in job_client.app.state.jobs.store.events(job_id, after=ids[2])] == [
+        e.get("page") for _, e in events[3:]
+    ]
     z = zipfile.ZipFile(io.BytesIO(job_client.get(f"/jobs/{job_id}/download").content))
     assert "m/m.md" in z.namelist() and "results.json" in z.namelist()
     assert job_client.delete(f"/jobs/{job_id}").json()["state"] == "deleted"

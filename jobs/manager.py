@@ -1,4 +1,5 @@
-"""Jobs that survive restarts: a SQLite table plus files under DATA_DIR/jobs/{id}/.
+"""Runs jobs: accepts them (files under DATA_DIR/jobs/{id}/), runs them on a few asyncio workers, resumes
+them after a restart, logs each job's events (state changes, every finished page) and expires old ones.
 
     inputs/{n}_{name}   the uploaded files, written before the job is accepted
     out/{stem}/         each document's output folder (documents.py); finished pages are kept per page
@@ -13,7 +14,6 @@ import contextlib
 import json
 import logging
 import shutil
-import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -22,68 +22,10 @@ from config import Settings
 from deepseek_ocr import OCREngine
 from documents import DocOptions, Renderer, process_many, safe_name, write_zip
 from errors import InputError
+from jobs.sqlite_store import SQLiteJobStore
+from jobs.store import ACTIVE, JobStore
 
 log = logging.getLogger("ocr.jobs")
-ACTIVE = ("queued", "running")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL,
-    updated REAL NOT NULL, finished REAL, options TEXT NOT NULL, files TEXT NOT NULL,
-    error TEXT, attempts INTEGER NOT NULL DEFAULT 0
-)"""
-
-
-class JobStore:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(SCHEMA)
-
-    def insert(self, job_id: str, kind: str, options: dict, files: list[dict]) -> None:
-        now = time.time()
-        self.db.execute(
-            "INSERT INTO jobs (id, kind, state, created, updated, options, files) VALUES (?,?,?,?,?,?,?)",
-            (job_id, kind, "queued", now, now, json.dumps(options), json.dumps(files)),
-        )
-
-    def get(self, job_id: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            return None
-        job = dict(row)
-        job["options"] = json.loads(job["options"])
-        job["files"] = json.loads(job["files"])
-        return job
-
-    def update(self, job_id: str, **fields) -> None:
-        fields["updated"] = time.time()
-        for k in ("files", "options"):
-            if k in fields:
-                fields[k] = json.dumps(fields[k])
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        self.db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
-
-    def ids(self, states: tuple[str, ...]) -> list[str]:
-        marks = ",".join("?" * len(states))
-        rows = self.db.execute(f"SELECT id FROM jobs WHERE state IN ({marks}) ORDER BY created", states).fetchall()
-        return [r["id"] for r in rows]
-
-    def count_active(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued','running')").fetchone()[0]
-
-    def expired(self, before: float) -> list[str]:
-        rows = self.db.execute("SELECT id FROM jobs WHERE finished IS NOT NULL AND finished < ?", (before,)).fetchall()
-        return [r["id"] for r in rows]
-
-    def delete(self, job_id: str) -> None:
-        self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-
-    def recent(self, limit: int = 50) -> list[dict]:
-        rows = self.db.execute("SELECT id FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
-        return [j for r in rows if (j := self.get(r["id"]))]
 
 
 class JobManager:
@@ -95,7 +37,7 @@ class JobManager:
         self.renderer = renderer
         self.root = settings.data_dir / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(settings.data_dir / "jobs.db")
+        self.store: JobStore = SQLiteJobStore(settings.data_dir / "jobs.db")
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.running: dict[str, asyncio.Task] = {}
         self._tasks: list[asyncio.Task] = []
@@ -119,6 +61,15 @@ class JobManager:
 
     def dir(self, job_id: str) -> Path:
         return self.root / job_id
+
+    def emit(self, job_id: str, event: dict) -> int:
+        """Log one event of a job (GET /jobs/{id}/events streams them); returns its id."""
+        return self.store.append_event(job_id, {**event, "job_id": job_id, "time": round(time.time(), 3)})
+
+    def finish(self, job_id: str, state: str, **fields) -> None:
+        """Record a job's final state and log it as its last event."""
+        self.store.update(job_id, state=state, finished=time.time(), **fields)
+        self.emit(job_id, {"type": state, "state": state, "error": fields.get("error")})
 
     def public(self, job: dict) -> dict:
         """What GET /jobs/{id} shows."""
@@ -161,6 +112,7 @@ class JobManager:
             files.append({"name": name, "stored": stored, "state": "queued", "pages_done": 0, "pages_total": 0})
         options = {**opts.as_dict(), "password": opts.password}
         self.store.insert(job_id, kind, options, files)
+        self.emit(job_id, {"type": "state", "state": "queued", "files": [f["name"] for f in files]})
         self.queue.put_nowait(job_id)
         return self.public(self.store.get(job_id))
 
@@ -172,7 +124,7 @@ class JobManager:
             task = self.running.get(job_id)
             if task:
                 task.cancel()
-            self.store.update(job_id, state="cancelled", finished=time.time())
+            self.finish(job_id, "cancelled")
             return {"job_id": job_id, "state": "cancelled"}
         shutil.rmtree(self.dir(job_id), ignore_errors=True)
         self.store.delete(job_id)
@@ -204,7 +156,7 @@ class JobManager:
                     raise
             except Exception as e:
                 log.exception("job %s failed", job_id)
-                self.store.update(job_id, state="failed", error=f"{type(e).__name__}: {e}", finished=time.time())
+                self.finish(job_id, "failed", error=f"{type(e).__name__}: {e}")
             finally:
                 self.running.pop(job_id, None)
 
@@ -212,6 +164,7 @@ class JobManager:
         job_id = job["id"]
         files = job["files"]
         self.store.update(job_id, state="running", attempts=job["attempts"] + 1)
+        self.emit(job_id, {"type": "state", "state": "running", "attempt": job["attempts"] + 1})
         opts_d = dict(job["options"])
         opts = DocOptions(**{k: v for k, v in opts_d.items() if k in DocOptions.__dataclass_fields__})
         inputs = self.dir(job_id) / "inputs"
@@ -225,20 +178,31 @@ class JobManager:
                 last_write = now
                 self.store.update(job_id, files=files)
 
+        def page_done(i: int, record: dict) -> None:
+            error = record.get("error")
+            self.emit(job_id, {
+                "type": "page", "file": i, "name": files[i]["name"], "page": record["page"],
+                "chars": len(record.get("text") or ""), "error": error.get("message") if error else None,
+                "pages_done": files[i]["pages_done"], "pages_total": files[i]["pages_total"],
+            })  # fmt: skip
+
         items = [(f["name"], inputs / f["stored"]) for f in files]
         entries = await process_many(
-            self.engine, self.settings, self.renderer, items, self.dir(job_id) / "out", opts, progress
+            self.engine, self.settings, self.renderer, items, self.dir(job_id) / "out", opts, progress, page_done
         )
-        for f, e in zip(files, entries, strict=True):
+        for i, (f, e) in enumerate(zip(files, entries, strict=True)):
             f["state"] = "done" if e.get("success") else "failed"
             if not e.get("success"):
                 f["error"] = e.get("error")
+            self.emit(
+                job_id, {"type": "file", "file": i, "name": f["name"], "state": f["state"], "error": f.get("error")}
+            )
         result = {"job_id": job_id, "kind": job["kind"], "files": entries}
         tmp = self.result_path(job_id).with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(self.result_path(job_id))
         job_options = {k: v for k, v in opts_d.items() if k != "password"}  # kept only while needed for a resume
-        self.store.update(job_id, state="done", files=files, finished=time.time(), options=job_options)
+        self.finish(job_id, "done", files=files, options=job_options)
         log.info("job %s done: %d file(s)", job_id, len(files))
 
     async def _sweeper(self) -> None:
