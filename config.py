@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     mm_cache_gb: float = Field(0.0, ge=0, description="vLLM multimodal processor cache (0: every page is new)")
     kv_cache_dtype: str = Field("auto", description="vLLM KV cache dtype, e.g. fp8")
     enforce_eager: bool = Field(False, description="vLLM without CUDA graphs (faster start, slower decode)")
+    preprocess_processes: int = Field(
+        -1, ge=-1, le=64,
+        description="vLLM input processing in this many worker processes (-1: half the CPU cores, at most 8, "
+        "none below 4 cores; 0: in the API process's renderer threads)",
+    )  # fmt: skip
     engine_death: Literal["exit", "stay"] = Field(
         "exit",
         description="when the engine's process dies: exit (SIGTERM to ourselves after ENGINE_DEATH_GRACE_S, so the "
