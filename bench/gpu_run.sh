@@ -5,6 +5,7 @@
 #   bash bench/gpu_run.sh service # the service: modes token check, per-mode rates, 256-page burst, soak, engine death
 #   bash bench/gpu_run.sh engine  # naive path (vLLM guard, serial preprocessing) and the engine alone (our guard)
 #   bash bench/gpu_run.sh engine512  # engine alone: fp8 KV cache + 512 sequences, and bf16 + 512 sequences
+#   bash bench/gpu_run.sh remote  # `vllm serve` + our plugin and guard, 8 API servers: openai client, then this service as front
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
 if [ -d .whl7 ] && [ ! -f /tmp/site/.extras ]; then
@@ -31,5 +32,6 @@ case "${1:-check}" in
           python3 bench/engine_bench.py --guard batched --passes cold,cached --pages "${PAGES:-256}" 2>&1 | grep -E "RESULT|engine up|Error" ;;
   engine512) python3 bench/engine_bench.py --guard batched --passes cold,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24 --kv-cache-dtype fp8 2>&1 | grep -E "RESULT|engine up|Error"
              python3 bench/engine_bench.py --guard batched --passes cold,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24 2>&1 | grep -E "RESULT|engine up|Error" ;;
+  remote) python3 bench/serve_compare.py --api-servers "${API_SERVERS:-8}" --pages "${PAGES:-256}" 2>&1 | tee "$OUT/remote.log" | grep -v "^MODE" ;;
   *) python3 "$@" ;;
 esac
