@@ -40,9 +40,9 @@ class Settings(BaseSettings):
     kv_cache_dtype: str = Field("auto", description="vLLM KV cache dtype, e.g. fp8")
     enforce_eager: bool = Field(False, description="vLLM without CUDA graphs (faster start, slower decode)")
     preprocess_processes: int = Field(
-        -1, ge=-1, le=64,
-        description="vLLM input processing in this many worker processes (-1: half the CPU cores, at most 8, "
-        "none below 4 cores; 0: in the API process's renderer threads)",
+        0, ge=-1, le=64,
+        description="vLLM input processing in this many worker processes (0: in the API process's renderer "
+        "threads; -1: half the CPU cores, at most 8). See bench/RESULTS.md before turning it on",
     )  # fmt: skip
     engine_death: Literal["exit", "stay"] = Field(
         "exit",

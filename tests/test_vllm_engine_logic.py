@@ -108,7 +108,8 @@ def test_streaming_on_the_cpu_engine(client, scan_png):
 
 
 def test_preprocessing_processes_follow_the_cores():
-    auto = Settings(_env_file=None)
+    assert preprocess_processes(Settings(_env_file=None), cores=16) == 0  # default: renderer threads
+    auto = Settings(_env_file=None, preprocess_processes=-1)
     assert preprocess_processes(auto, cores=16) == 8 and preprocess_processes(auto, cores=64) == 8
     assert preprocess_processes(auto, cores=2) == 0  # a small machine keeps the renderer threads
     assert preprocess_processes(Settings(_env_file=None, preprocess_processes=3), cores=64) == 3
