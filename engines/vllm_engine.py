@@ -90,6 +90,17 @@ def engine_prompt(req: OCRRequest) -> dict:
     return engine_prompt_of(req.image, req.spec.prompt, req.mode)
 
 
+def parallel_plan_error(settings: Settings, gpus: int) -> str | None:
+    """Why TENSOR_PARALLEL_SIZE x DATA_PARALLEL_SIZE cannot run on `gpus` GPUs, or None if it can."""
+    need = settings.tensor_parallel_size * settings.data_parallel_size
+    if need <= gpus:
+        return None
+    return (
+        f"TENSOR_PARALLEL_SIZE={settings.tensor_parallel_size} x DATA_PARALLEL_SIZE={settings.data_parallel_size} "
+        f"needs {need} GPUs; {gpus} visible (CUDA_VISIBLE_DEVICES)"
+    )
+
+
 def preprocess_processes(settings: Settings, cores: int | None = None) -> int:
     """How many renderer worker processes to run (PREPROCESS_PROCESSES; -1 = from the core count)."""
     if settings.preprocess_processes >= 0:
@@ -118,6 +129,12 @@ class VLLMEngine(OCREngine):
     async def start(self) -> None:
         t0 = time.perf_counter()
         try:
+            import torch
+
+            if problem := parallel_plan_error(self.settings, torch.cuda.device_count()):
+                self.error = f"vLLM could not start: {problem}"
+                log.error(self.error)
+                return
             self.llm = await asyncio.to_thread(self._build)
         except Exception as e:  # the app keeps serving /health and says why; nothing crash-loops
             self.error = f"vLLM could not start: {type(e).__name__}: {e}"

@@ -15,6 +15,7 @@ from engines.vllm_engine import (
     engine_args,
     engine_prompt,
     mm_kwargs,
+    parallel_plan_error,
     preprocess_processes,
     sampling_kwargs,
     tuned_moe_folder,
@@ -95,8 +96,9 @@ def test_engine_that_cannot_start_reports_why(monkeypatch):
     import asyncio
 
     engine = VLLMEngine(Settings(_env_file=None, engine="vllm"))
-    asyncio.run(engine.start())  # vllm is not installed here
+    asyncio.run(engine.start())  # no GPU (and no vllm) here
     assert not engine.ready and "vLLM could not start" in engine.error
+    assert "needs 1 GPUs; 0 visible" in engine.error
 
 
 def test_streaming_on_the_cpu_engine(client, scan_png):
@@ -114,3 +116,14 @@ def test_preprocessing_processes_follow_the_cores():
     assert preprocess_processes(auto, cores=2) == 0  # a small machine keeps the renderer threads
     assert preprocess_processes(Settings(_env_file=None, preprocess_processes=3), cores=64) == 3
     assert preprocess_processes(Settings(_env_file=None, preprocess_processes=0), cores=64) == 0
+
+
+def test_parallel_sizes_are_checked_against_the_gpus_present():
+    assert parallel_plan_error(Settings(_env_file=None), gpus=1) is None  # the default: one GPU, DP=1, TP=1
+    two = Settings(_env_file=None, data_parallel_size=2)
+    assert parallel_plan_error(two, gpus=2) is None
+    err = parallel_plan_error(two, gpus=1)
+    assert "DATA_PARALLEL_SIZE=2" in err and "needs 2 GPUs; 1 visible" in err
+    assert "needs 4 GPUs" in parallel_plan_error(
+        Settings(_env_file=None, data_parallel_size=2, tensor_parallel_size=2), 2
+    )
