@@ -45,6 +45,7 @@ class Backend:
     limit: int
     up: bool = False
     model: str | None = None
+    owned_by: str | None = None  # "vllm" for `vllm serve`
     outstanding: int = 0
     picked: int = 0
     completed: int = 0
@@ -57,6 +58,7 @@ class Backend:
             "url": self.url,
             "state": "up" if self.up else "down",
             "model": self.model,
+            "server": self.owned_by,
             "outstanding": self.outstanding,
             "limit": self.limit,
             "completed": self.completed,
@@ -191,9 +193,10 @@ class RemoteEngine(OCREngine):
             r = await self._client.get(f"{b.url}/v1/models", timeout=self.settings.remote_connect_timeout_s)
             if r.status_code != 200:
                 raise ValueError(f"HTTP {r.status_code}: {error_of(r.content, r.status_code)[0]}")
-            models = [m["id"] for m in r.json()["data"]]
-            if not models:
+            cards = r.json()["data"]
+            if not cards:
                 raise ValueError("no model is listed")
+            models = [m["id"] for m in cards]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
             if b.up or b.checked_at is None:
                 log.warning("backend %s is down: %s: %s", b.url, type(e).__name__, e)
@@ -201,7 +204,7 @@ class RemoteEngine(OCREngine):
         else:
             if not b.up:
                 log.info("backend %s is up (model %s)", b.url, models[0])
-            b.up, b.model = True, models[0]
+            b.up, b.model, b.owned_by = True, models[0], cards[0].get("owned_by")
         b.checked_at = time.time()
 
     def _changed(self) -> None:
@@ -280,9 +283,18 @@ class RemoteEngine(OCREngine):
             res.timings["encode"] = round(encode_s, 4)
             return res
 
+    def _body(self, b: Backend, req: OCRRequest, image_url: str, *, stream: bool) -> dict:
+        if b.owned_by == "vllm" and mm_kwargs(req.mode) is not None:
+            # As for the in-process vllm engine: vLLM 0.26's processor runs the Gundam sizes only.
+            raise InputError(
+                422, "mode_not_supported", f"the vLLM backends run gundam mode only, not {req.mode.name}",
+                accepted=["gundam"],
+            )  # fmt: skip
+        return chat_body(req, b.model or self.model_name, image_url, stream=stream)
+
     async def _call(self, b: Backend, req: OCRRequest, image_url: str) -> OCRResult:
         assert self._client is not None
-        body = chat_body(req, b.model or self.model_name, image_url, stream=False)
+        body = self._body(b, req, image_url, stream=False)
         t0 = time.perf_counter()
         try:
             r = await self._client.post(f"{b.url}/v1/chat/completions", json=body)
@@ -334,7 +346,7 @@ class RemoteEngine(OCREngine):
 
     async def _stream_from(self, b: Backend, req: OCRRequest, image_url: str) -> AsyncIterator[str | OCRResult]:
         assert self._client is not None
-        body = chat_body(req, b.model or self.model_name, image_url, stream=True)
+        body = self._body(b, req, image_url, stream=True)
         t0 = time.perf_counter()
         pieces: list[str] = []
         usage: dict = {}
