@@ -6,6 +6,7 @@ checks status codes and fields, not words. Prints one line per check and exits n
 
     python bench/gpu_check.py --engine vllm --model /tmp/dsocr --load-format dummy
     python bench/gpu_check.py --engine cpu        # the same checks on the CPU engine
+    REMOTE_URLS=http://127.0.0.1:8001 python bench/gpu_check.py --engine remote   # a front over `vllm serve`
 """
 
 from __future__ import annotations
@@ -146,6 +147,27 @@ def run_checks(c: httpx.Client, max_tokens: int, engine: str) -> None:
     check("/invocations image", r.status_code == 200 and "text" in r.json(), str(r.status_code))
     r = c.post("/invocations", json={"pdf_base64": base64.b64encode(pdf).decode()})
     check("/invocations pdf", r.status_code == 200 and r.json()["pages"] == 2, str(r.status_code))
+    models = c.get("/v1/models").json().get("data", [])
+    check("/v1/models", len(models) == 1, str(models)[:150])
+    image_part = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}}
+    chat = {
+        "model": models[0]["id"] if models else "m",
+        "messages": [{"role": "user", "content": [image_part, {"type": "text", "text": "Free OCR."}]}],
+        "max_tokens": max_tokens,
+        "skip_special_tokens": False,
+        "vllm_xargs": {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]},
+    }
+    r = c.post("/v1/chat/completions", json=chat)
+    usage = r.json().get("usage") or {}
+    check("/v1/chat/completions", r.status_code == 200 and usage.get("completion_tokens", 0) > 0, str(usage))
+    streamed = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+    with c.stream("POST", "/v1/chat/completions", json=streamed) as s:
+        events = [line for line in s.iter_lines() if line.startswith("data: ")]
+    check(
+        "/v1/chat/completions stream=true",
+        s.status_code == 200 and len(events) >= 4 and events[-1] == "data: [DONE]" and '"usage"' in events[-2],
+        f"{len(events)} events",
+    )
     check("/ping", c.get("/ping").status_code == 200)
     for router in ("ocr", "pdf", "batch", "jobs"):
         check(f"/{router}/status", c.get(f"/{router}/status").status_code == 200)

@@ -3,8 +3,9 @@
 A backend is `vllm serve deepseek-ai/DeepSeek-OCR ...` or another instance of this service (its /v1).
 - Each page goes to the up backend with the fewest requests outstanding, at most REMOTE_CONCURRENCY each.
 - A health check (GET /v1/models every REMOTE_HEALTH_INTERVAL_S) takes a dead backend out, puts it back,
-  and learns the model name to send. A connection error takes a backend out at once.
-- A page whose backend fails (connection error, 5xx) is retried once on another backend; with no backend
+  and learns the model name to send. A refused connection takes a backend out at once.
+- A page whose backend fails (connection error, 5xx) is retried once on another backend (on the same one
+  only if it is the only one up and still in); with no backend
   up the answer is 503 engine_unavailable with the reason. A 4xx (the request's fault) is passed on.
 - The page travels as a PNG (or JPEG) data URL in a chat request with the extra fields vLLM understands:
   skip_special_tokens=false, vllm_xargs (repetition guard), mm_processor_kwargs (non-Gundam modes),
@@ -45,6 +46,7 @@ class Backend:
     limit: int
     up: bool = False
     model: str | None = None
+    owned_by: str | None = None  # "vllm" for `vllm serve`
     outstanding: int = 0
     picked: int = 0
     completed: int = 0
@@ -57,6 +59,7 @@ class Backend:
             "url": self.url,
             "state": "up" if self.up else "down",
             "model": self.model,
+            "server": self.owned_by,
             "outstanding": self.outstanding,
             "limit": self.limit,
             "completed": self.completed,
@@ -156,7 +159,8 @@ class RemoteEngine(OCREngine):
         self._client = httpx.AsyncClient(
             # The read time is bounded by REQUEST_TIMEOUT_S around each page, not here.
             timeout=httpx.Timeout(None, connect=self.settings.remote_connect_timeout_s),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.capacity()),
+            # Idle connections are dropped before the server's keep-alive (uvicorn, vLLM: 5 s) would close them.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.capacity(), keepalive_expiry=3),
             headers=headers,
             trust_env=False,
         )
@@ -190,9 +194,10 @@ class RemoteEngine(OCREngine):
             r = await self._client.get(f"{b.url}/v1/models", timeout=self.settings.remote_connect_timeout_s)
             if r.status_code != 200:
                 raise ValueError(f"HTTP {r.status_code}: {error_of(r.content, r.status_code)[0]}")
-            models = [m["id"] for m in r.json()["data"]]
-            if not models:
+            cards = r.json()["data"]
+            if not cards:
                 raise ValueError("no model is listed")
+            models = [m["id"] for m in cards]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
             if b.up or b.checked_at is None:
                 log.warning("backend %s is down: %s: %s", b.url, type(e).__name__, e)
@@ -200,7 +205,7 @@ class RemoteEngine(OCREngine):
         else:
             if not b.up:
                 log.info("backend %s is up (model %s)", b.url, models[0])
-            b.up, b.model = True, models[0]
+            b.up, b.model, b.owned_by = True, models[0], cards[0].get("owned_by")
         b.checked_at = time.time()
 
     def _changed(self) -> None:
@@ -221,13 +226,20 @@ class RemoteEngine(OCREngine):
             self._changed()
         return BackendFailed(b, reason)
 
+    def _transport_failed(self, b: Backend, e: httpx.TransportError) -> BackendFailed:
+        """Cannot connect: out until the health check sees it again. Reset mid-answer: retry, keep it in."""
+        down = isinstance(e, httpx.ConnectError | httpx.ConnectTimeout)
+        return self._failed(b, f"{type(e).__name__}: {e}", down=down)
+
     # --- balancing ------------------------------------------------------------------------
 
     async def _acquire(self, tried: list[BackendFailed]) -> Backend:
         """The up backend with the fewest outstanding requests and room left; waits while all are full."""
         excluded = {id(f.backend) for f in tried}
         while True:
-            up = [b for b in self.backends if b.up and id(b) not in excluded]
+            up = [b for b in self.backends if b.up]
+            # Another backend if there is one; the same one again only when it is the only one up.
+            up = [b for b in up if id(b) not in excluded] or up
             if not up:
                 if tried:
                     raise EngineUnavailable(f"backend {tried[-1]} failed and no other backend is up")
@@ -279,14 +291,23 @@ class RemoteEngine(OCREngine):
             res.timings["encode"] = round(encode_s, 4)
             return res
 
+    def _body(self, b: Backend, req: OCRRequest, image_url: str, *, stream: bool) -> dict:
+        if b.owned_by == "vllm" and mm_kwargs(req.mode) is not None:
+            # As for the in-process vllm engine: vLLM 0.26's processor runs the Gundam sizes only.
+            raise InputError(
+                422, "mode_not_supported", f"the vLLM backends run gundam mode only, not {req.mode.name}",
+                accepted=["gundam"],
+            )  # fmt: skip
+        return chat_body(req, b.model or self.model_name, image_url, stream=stream)
+
     async def _call(self, b: Backend, req: OCRRequest, image_url: str) -> OCRResult:
         assert self._client is not None
-        body = chat_body(req, b.model or self.model_name, image_url, stream=False)
+        body = self._body(b, req, image_url, stream=False)
         t0 = time.perf_counter()
         try:
             r = await self._client.post(f"{b.url}/v1/chat/completions", json=body)
-        except httpx.TransportError as e:  # refused, reset, unreachable: take it out until it answers again
-            raise self._failed(b, f"{type(e).__name__}: {e}", down=True) from e
+        except httpx.TransportError as e:
+            raise self._transport_failed(b, e) from e
         self._check_status(b, r.status_code, r.content)
         try:
             data = r.json()
@@ -333,7 +354,7 @@ class RemoteEngine(OCREngine):
 
     async def _stream_from(self, b: Backend, req: OCRRequest, image_url: str) -> AsyncIterator[str | OCRResult]:
         assert self._client is not None
-        body = chat_body(req, b.model or self.model_name, image_url, stream=True)
+        body = self._body(b, req, image_url, stream=True)
         t0 = time.perf_counter()
         pieces: list[str] = []
         usage: dict = {}
@@ -361,7 +382,7 @@ class RemoteEngine(OCREngine):
                             pieces.append(text)
                             yield text
         except httpx.TransportError as e:
-            raise self._failed(b, f"{type(e).__name__}: {e}", down=True) from e
+            raise self._transport_failed(b, e) from e
         b.completed += 1
         yield OCRResult(
             text="".join(pieces),

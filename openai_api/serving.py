@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -215,19 +216,21 @@ async def stream(request: Request, body: ChatCompletionRequest) -> StreamingResp
         return f"data: {c.model_dump_json(exclude_none=True)}\n\n"
 
     async def rest() -> AsyncIterator[str | OCRResult]:
-        yield first
-        async for item in items:
-            yield item
+        async with aclosing(items):  # closed (so the engine's request ends) as soon as the stream ends
+            yield first
+            async for item in items:
+                yield item
 
     async def events() -> AsyncIterator[str]:
         yield chunk(DeltaMessage(role="assistant", content=""))
         final: OCRResult | None = None
         try:
-            async for item in rest():  # a client that leaves closes this generator, and so the engine's
-                if isinstance(item, OCRResult):
-                    final = item
-                elif text := strip_special_tokens(item) if body.skip_special_tokens else item:
-                    yield chunk(DeltaMessage(content=text))
+            async with aclosing(rest()) as it:  # a client that leaves closes this generator, and so the engine's
+                async for item in it:
+                    if isinstance(item, OCRResult):
+                        final = item
+                    elif text := strip_special_tokens(item) if body.skip_special_tokens else item:
+                        yield chunk(DeltaMessage(content=text))
         except InputError as e:
             err = json.loads(input_error_response(e).body)
             yield f"data: {json.dumps(err)}\n\n"

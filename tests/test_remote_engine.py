@@ -26,7 +26,10 @@ import pytest
 from conftest import DOCLING, OCR_TEST_TEXT, cer, make_client, wait_ready
 from service import start_service, stop_service
 
+import pipeline
 from config import Settings
+from engines.remote_engine import Backend, RemoteEngine, chat_body, error_of
+from errors import InputError
 
 
 def free_url() -> str:
@@ -170,6 +173,55 @@ def test_killed_backend_gives_503_and_the_health_check_brings_it_back(fleet, sca
     assert backends_of(front)[backend]["state"] == "up"
     figures = {"kill_to_503_s": t_503 - t_kill, "backend_ready_to_front_ready_s": t_back - t_restarted}
     print(json.dumps({k: round(v, 2) for k, v in figures.items()}))
+
+
+# --- what goes over the wire (no servers) -----------------------------------------------------------
+
+
+def test_chat_body_is_the_recipe_request(scan_png):
+    from process.image_process import load_image
+
+    settings = Settings(_env_file=None)
+    image, _ = load_image(scan_png, settings.max_image_pixels)
+    req = pipeline.build_request(settings, image, "free", max_tokens=100)
+    body = chat_body(req, "deepseek-ai/DeepSeek-OCR", "data:image/png;base64,AAAA", stream=False)
+    image_part, text_part = body["messages"][0]["content"]
+    assert image_part == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    assert text_part == {"type": "text", "text": "Free OCR."}  # the server adds the <image> placeholder
+    assert body["skip_special_tokens"] is False and body["max_tokens"] == 100 and body["temperature"] == 0.0
+    assert body["vllm_xargs"] == {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
+    assert "mm_processor_kwargs" not in body and "stream_options" not in body  # Gundam: vLLM's own sizes
+    req = pipeline.build_request(settings, image, "document", mode="large", ngram_size=0)
+    body = chat_body(req, "m", "data:,", stream=True)
+    assert body["messages"][0]["content"][1]["text"] == "<|grounding|>Convert the document to markdown."
+    assert body["mm_processor_kwargs"] == {"base_size": 1280, "image_size": 1280, "crop_mode": False}
+    assert "vllm_xargs" not in body and body["stream_options"] == {"include_usage": True}
+    # A vLLM backend runs Gundam only: refused up front, like the in-process vllm engine.
+    engine = RemoteEngine(Settings(_env_file=None, engine="remote", remote_urls=["http://gpu1:8001"]))
+    with pytest.raises(InputError) as e:
+        engine._body(Backend("http://gpu1:8001", 1, up=True, owned_by="vllm"), req, "data:,", stream=False)
+    assert e.value.status == 422 and e.value.code == "mode_not_supported"
+
+
+def test_backend_errors_in_every_shape():
+    assert error_of(b'{"error": {"message": "bad", "type": "BadRequestError", "code": 400}}', 400)[:2] == (
+        "bad",
+        "backend_rejected",
+    )  # vLLM
+    assert error_of(b'{"object": "error", "message": "old", "code": 400}', 400)[0] == "old"  # older vLLM
+    assert error_of(b'{"error": {"code": "bad_mode", "message": "m", "accepted": ["gundam"]}}', 422) == (
+        "m",
+        "bad_mode",
+        ["gundam"],
+    )  # this service
+    assert error_of(b"<html>502 Bad Gateway</html>", 502)[0].startswith("<html>")
+
+
+def test_remote_urls_setting():
+    s = Settings(_env_file=None, remote_urls="http://a:8001/v1/, https://b:8001")
+    assert s.remote_urls == ["http://a:8001", "https://b:8001"]
+    with pytest.raises(ValueError, match="REMOTE_URLS"):
+        Settings(_env_file=None, remote_urls="gpu1:8001")
 
 
 # --- in-process fronts: balancing and the retry on another backend ------------------------------------
