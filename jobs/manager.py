@@ -173,6 +173,8 @@ class JobManager:
                 self.running.pop(job_id, None)
 
     async def _run(self, job: dict) -> None:
+        while not self.engine.ready and self.engine.error is None:  # after a restart the engine is still loading
+            await asyncio.sleep(0.2)
         job_id = job["id"]
         files = job["files"]
         self.store.update(job_id, state="running", attempts=job["attempts"] + 1)
