@@ -152,13 +152,14 @@ def download(uri: S3Uri, path: Path, limit: int, timeout_s: float = 20.0) -> Pat
     return path
 
 
-def list_documents(prefix: S3Uri, max_keys: int, timeout_s: float = 20.0) -> Iterator[dict]:
-    """Every image and PDF key under the prefix, page by page (ListObjectsV2 answers 1000 keys at a time),
-    as {"key", "size"}; refuses once more than `max_keys` match."""
+def list_documents(prefix: S3Uri, max_keys: int, timeout_s: float = 20.0, page_size: int = 1000) -> Iterator[dict]:
+    """Every image and PDF key under the prefix (in key order), page by page (ListObjectsV2 answers at most
+    1000 keys at a time), as {"key", "size"}; refuses once more than `max_keys` match."""
     paginator = client(timeout_s).get_paginator("list_objects_v2")
     count = 0
     try:
-        for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+        pages = paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key, PaginationConfig={"PageSize": page_size})
+        for page in pages:
             for obj in page.get("Contents", ()):
                 key = obj["Key"]
                 if key.endswith("/") or not key.lower().endswith(DOCUMENT_SUFFIXES):

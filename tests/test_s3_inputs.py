@@ -10,6 +10,7 @@ import pytest
 from conftest import DOCLING, OCR_TEST_TEXT, cer, make_client, page_text, render, wait_ready
 
 from config import Settings
+from errors import InputError
 
 SCAN = render("ocr_test.pdf")
 
@@ -123,3 +124,21 @@ def test_denied_read_is_403(tmp_path, store):
         assert err["code"] == "s3_access_denied" and key["AccessKeyId"] not in err["message"]
     finally:
         moto_s3.stop_moto(proc)
+
+
+def test_prefix_listing_follows_continuation_pages(store, s3_store):
+    """The listing behind input_uri: every document key over many ListObjectsV2 pages, non-documents left out."""
+    from storage import s3 as storage_s3
+
+    s3, _, log = s3_store
+    for i in range(25):
+        s3.put_object(Bucket="ocr-in", Key=f"many/{i:03d}.{('png', 'pdf', 'jpg')[i % 3]}", Body=b"x")
+    for name in ("many/readme.txt", "many/sub/", "many/data.json"):
+        s3.put_object(Bucket="ocr-in", Key=name, Body=b"x")
+    before = log.read_text().count("GET /ocr-in?list-type=2")
+    found = list(storage_s3.list_documents(storage_s3.S3Uri("ocr-in", "many/"), 100, page_size=4))
+    assert [f["key"] for f in found] == [f"many/{i:03d}.{('png', 'pdf', 'jpg')[i % 3]}" for i in range(25)]
+    assert log.read_text().count("GET /ocr-in?list-type=2") - before == 7  # 28 keys, 4 a page
+    with pytest.raises(InputError) as e:
+        list(storage_s3.list_documents(storage_s3.S3Uri("ocr-in", "many/"), 10, page_size=4))
+    assert e.value.status == 413 and e.value.code == "too_many_files"
