@@ -21,8 +21,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
     # --- engine -------------------------------------------------------------------------
-    engine: Literal["auto", "vllm", "cpu"] = Field(
-        "auto", description="auto: vLLM when CUDA, vllm and the weights are all there, else the CPU engine"
+    engine: Literal["auto", "vllm", "cpu", "remote"] = Field(
+        "auto",
+        description="auto: vLLM when CUDA, vllm and the weights are all there, else the CPU engine; "
+        "remote: OpenAI-compatible servers at REMOTE_URLS",
     )
     model_path: str = Field("deepseek-ai/DeepSeek-OCR", description="local folder or hub id of the weights")
     load_format: str = Field("auto", description="vLLM load format; 'dummy' = random weights (tests)")
@@ -93,6 +95,17 @@ class Settings(BaseSettings):
     result_ttl_s: float = Field(86400.0, gt=0, description="finished jobs and their results are deleted after this")
     log_level: str = "INFO"
 
+    # --- remote engine (ENGINE=remote): pages go to OpenAI-compatible DeepSeek-OCR servers -------
+    # Operator configuration, not user input: these URLs do not go through the image_url SSRF rules.
+    remote_urls: Annotated[list[str], NoDecode] = Field(
+        default=[], description="base URLs of `vllm serve` or of this service (comma-separated; a /v1 suffix is fine)"
+    )
+    remote_concurrency: int = Field(64, ge=1, le=4096, description="requests in flight per backend")
+    remote_health_interval_s: float = Field(5.0, gt=0, description="seconds between GET /v1/models checks")
+    remote_connect_timeout_s: float = Field(5.0, gt=0, description="connect timeout; also the health-check timeout")
+    remote_api_key: str | None = Field(None, description="sent to every backend as Authorization: Bearer")
+    remote_image_format: Literal["png", "jpeg"] = Field("png", description="how pages travel to the backend")
+
     # --- object storage (S3 and S3-compatible; storage/) ----------------------------------
     # Credentials, region and endpoint come from the AWS SDK's own settings (AWS_PROFILE, AWS_ACCESS_KEY_ID,
     # instance roles, AWS_REGION, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL); these say what callers may use.
@@ -116,6 +129,18 @@ class Settings(BaseSettings):
     @classmethod
     def _split_keys(cls, v: object) -> object:
         return [x for x in v.replace(",", " ").split()] if isinstance(v, str) else v
+
+    @field_validator("remote_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, v: object) -> object:
+        urls = v.replace(",", " ").split() if isinstance(v, str) else v
+        out = []
+        for url in urls or []:  # type: ignore[union-attr]
+            url = str(url).strip().rstrip("/").removesuffix("/v1").rstrip("/")
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"REMOTE_URLS: {url!r} is not an http(s) URL")
+            out.append(url)
+        return out
 
     @field_validator("s3_buckets", "s3_output_buckets", mode="before")
     @classmethod

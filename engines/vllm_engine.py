@@ -268,13 +268,30 @@ class VLLMEngine(OCREngine):
             timings={"preprocess": round(prep_s, 4), "inference": round(time.perf_counter() - t1, 4)},
         )
 
-    async def stream(self, req: OCRRequest) -> AsyncIterator[str]:
+    async def stream_result(self, req: OCRRequest) -> AsyncIterator[str | OCRResult]:
         from vllm.sampling_params import RequestOutputKind
 
         if not self.ready:
             await self.generate(req)  # raises the not-ready error
         async with self._slots:
-            stream, _ = await self._submit(req, RequestOutputKind.DELTA)
-            async for out in self._outputs(stream):
-                if out.outputs and out.outputs[0].text:
-                    yield out.outputs[0].text
+            stream, prep_s = await self._submit(req, RequestOutputKind.DELTA)
+            t1 = time.perf_counter()
+            pieces: list[str] = []
+            prompt_tokens = output_tokens = 0
+            finish = None
+            async for out in self._outputs(stream):  # closing this generator (client gone) aborts the request
+                prompt_tokens = max(prompt_tokens, len(out.prompt_token_ids or ()))
+                if out.outputs:
+                    o = out.outputs[0]
+                    output_tokens += len(o.token_ids)
+                    finish = o.finish_reason or finish
+                    if o.text:
+                        pieces.append(o.text)
+                        yield o.text
+            yield OCRResult(
+                text="".join(pieces),
+                prompt_tokens=prompt_tokens,
+                output_tokens=output_tokens,
+                finish_reason=finish or "stop",
+                timings={"preprocess": round(prep_s, 4), "inference": round(time.perf_counter() - t1, 4)},
+            )
