@@ -142,3 +142,19 @@ def test_prefix_listing_follows_continuation_pages(store, s3_store):
     with pytest.raises(InputError) as e:
         list(storage_s3.list_documents(storage_s3.S3Uri("ocr-in", "many/"), 10, page_size=4))
     assert e.value.status == 413 and e.value.code == "too_many_files"
+
+
+def test_openai_image_url_takes_s3(s3_client):
+    """/v1/chat/completions image_url parts go through the same fetch: s3:// works, with the same allow-list."""
+
+    def chat(url: str):
+        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Free OCR."}]
+        return s3_client.post(
+            "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": content}]}
+        )
+
+    r = chat("s3://ocr-in/scans/ocr test.png")
+    assert r.status_code == 200, r.text
+    assert cer(r.json()["choices"][0]["message"]["content"], OCR_TEST_TEXT) <= 0.1
+    r = chat("s3://private-docs/scan.png")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "s3_bucket_not_allowed"
