@@ -106,6 +106,18 @@ class Settings(BaseSettings):
     remote_api_key: str | None = Field(None, description="sent to every backend as Authorization: Bearer")
     remote_image_format: Literal["png", "jpeg"] = Field("png", description="how pages travel to the backend")
 
+    # --- object storage (S3 and S3-compatible; storage/) ----------------------------------
+    # Credentials, region and endpoint come from the AWS SDK's own settings (AWS_PROFILE, AWS_ACCESS_KEY_ID,
+    # instance roles, AWS_REGION, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL); these say what callers may use.
+    s3_buckets: Annotated[list[str], NoDecode] = Field(
+        default=[], description="buckets s3:// inputs may read (comma-separated; '*' = any; empty = s3:// off)"
+    )
+    s3_output_buckets: Annotated[list[str], NoDecode] = Field(
+        default=[], description="buckets a job's output_uri may write (comma-separated; '*' = any; empty = off)"
+    )
+    s3_max_keys: int = Field(100_000, ge=1, description="documents one input_uri prefix may hold")
+    s3_upload_attempts: int = Field(4, ge=1, le=20, description="tries per result object before it is reported")
+
     @field_validator("ngram_whitelist_token_ids", mode="before")
     @classmethod
     def _split_ints(cls, v: object) -> object:
@@ -129,6 +141,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"REMOTE_URLS: {url!r} is not an http(s) URL")
             out.append(url)
         return out
+
+    @field_validator("s3_buckets", "s3_output_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, v: object) -> object:
+        return [x for x in v.replace(",", " ").split()] if isinstance(v, str) else v
 
     @field_validator("url_allow_networks", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ from process.image_process import load_image, sniff_kind
 PAGE_SPLIT = "\n\n<--- Page Split --->\n\n"
 Progress = Callable[[int, int], None]  # (pages done, pages total)
 PageDone = Callable[[dict], None]  # a finished page's record (as written to pages/NNNN.json)
+Fetch = Callable[[], Awaitable[bytes | Path]]  # a source fetched when its document's turn comes (an S3 key)
 
 
 @dataclass
@@ -146,17 +147,25 @@ async def process_document(
     settings: Settings,
     renderer: Renderer,
     name: str,
-    source: bytes | Path,
+    source: bytes | Path | Fetch,
     out: Path,
     opts: DocOptions,
     progress: Progress | None = None,
     page_done: PageDone | None = None,
 ) -> dict:
     """OCR one image or PDF into `out`; returns the manifest entry (also saved as out/result.json).
-    `progress` hears (done, total) at the start and after each page; `page_done` gets each new page's record."""
+    `progress` hears (done, total) at the start and after each page; `page_done` gets each new page's record.
+    A document finished before (out/result.json exists: a resumed job) is not read or fetched again."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "pages").mkdir(exist_ok=True)
     stem = out.name
+    if (out / "result.json").exists():
+        entry = json.loads((out / "result.json").read_text())
+        if progress:
+            progress(entry["pages_processed"], entry["pages_processed"])
+        return entry
+    if callable(source):
+        source = await source()
     data = source.read_bytes() if isinstance(source, Path) else source
     pipeline.validate(engine, settings, opts.prompt, opts.mode, None)
     t0 = time.perf_counter()
@@ -269,29 +278,33 @@ async def process_many(
     engine: OCREngine,
     settings: Settings,
     renderer: Renderer,
-    items: list[tuple[str, bytes | Path]],
+    items: list[tuple[str, bytes | Path | Fetch]],
     root: Path,
     opts: DocOptions,
     progress: Callable[[int, int, int], None] | None = None,
     page_done: Callable[[int, dict], None] | None = None,
+    doc_done: Callable[[int, dict], Awaitable[None]] | None = None,
 ) -> list[dict]:
     """Several documents into root/{stem}/; a bad file gets an error entry, never fails the others.
-    Callbacks get the file's index first: progress(i, done, total), page_done(i, record)."""
+    Callbacks get the file's index first: progress(i, done, total), page_done(i, record), and
+    doc_done(i, entry) is awaited after each document, success or not."""
     stems = unique_stems([name for name, _ in items])
     files_at_once = asyncio.Semaphore(max(1, settings.num_workers))
 
-    async def one(i: int, name: str, source: bytes | Path) -> dict:
+    async def one(i: int, name: str, source: bytes | Path | Fetch) -> dict:
         async with files_at_once:
             try:
                 cb = (lambda d, t: progress(i, d, t)) if progress else None
                 on_page = (lambda rec: page_done(i, rec)) if page_done else None
-                return await process_document(
+                entry = await process_document(
                     engine, settings, renderer, name, source, root / stems[i], opts, cb, on_page
                 )
             except InputError as e:
                 entry = {"filename": name, "stem": stems[i], "success": False, **e.body()}
                 entry["error"]["status"] = e.status
-                return entry
+            if doc_done:
+                await doc_done(i, entry)
+            return entry
 
     return list(await asyncio.gather(*(one(i, n, s) for i, (n, s) in enumerate(items))))
 

@@ -19,6 +19,7 @@ from errors import InputError
 from jobs import JobManager
 from pipeline import jobs_of
 from process.image_process import sniff_kind
+from storage import job_io
 
 PREFIX = "/jobs"
 router = APIRouter(prefix=PREFIX, tags=["jobs"])
@@ -38,7 +39,7 @@ def job_or_404(jobs: JobManager, job_id: str) -> dict:
 @router.post("", status_code=202)
 async def create_job(
     request: Request,
-    files: Annotated[list[UploadFile], File(description="images and/or PDFs")],
+    files: Annotated[list[UploadFile] | None, File(description="images and/or PDFs (or input_uri)")] = None,
     prompt: Annotated[str | None, Form()] = None,
     mode: Annotated[str | None, Form()] = None,
     dpi: Annotated[int, Form(ge=72, le=300)] = 144,
@@ -47,15 +48,18 @@ async def create_job(
     extract_images: Annotated[bool, Form()] = True,
     password: Annotated[str | None, Form()] = None,
     max_tokens: Annotated[int | None, Form(ge=1, le=32768)] = None,
+    input_uri: Annotated[str | None, Form(description="s3://bucket/prefix/: every image and PDF under it")] = None,
+    output_uri: Annotated[str | None, Form(description="s3://bucket/prefix/: results are written there")] = None,
 ):
-    """Queue files for OCR; answers at once with the job id and where to watch it."""
+    """Queue files (or every document under an S3 prefix) for OCR; answers at once with the job id."""
     jobs = jobs_of(request)
     settings = pipeline.settings_of(request)
     pipeline.validate(pipeline.engine_of(request), settings, prompt, mode, None)
-    items = await read_files(settings, files)
+    remote, extra = await job_io.plan(settings, input_uri, output_uri, bool(files))  # S3 (storage/job_io.py)
+    items = [] if remote else await read_files(settings, files or [])
     opts = DocOptions(prompt, mode, dpi, pages, password, draw_layouts, extract_images, max_tokens)
     kind = "pdf" if len(items) == 1 and sniff_kind(items[0][1]) == "pdf" else "batch"
-    job = await jobs.submit(kind, items, opts)
+    job = await jobs.submit(kind, items, opts, remote, extra)
     return JSONResponse(job, status_code=202, headers={"Location": job["status_url"]})
 
 

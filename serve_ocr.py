@@ -48,7 +48,7 @@ log = logging.getLogger("ocr.app")
 class GenerateBody(BaseModel):
     prompt: str | None = Field(None, description="a catalogue name (" + ", ".join(PROMPTS) + ") or prompt text")
     image_base64: str | None = Field(None, description="the image, base64 (a data: URL is fine)")
-    image_url: str | None = Field(None, description="http(s) URL of the image")
+    image_url: str | None = Field(None, description="http(s) or s3:// URL of the image")
     mode: str | None = Field(None, description="resolution mode: " + ", ".join(MODES))
     max_tokens: int | None = Field(None, ge=1, le=32768)
     temperature: float = Field(0.0, ge=0.0, le=2.0)

@@ -24,6 +24,7 @@ from documents import DocOptions, Renderer, process_many, safe_name, write_zip
 from errors import InputError
 from jobs.sqlite_store import SQLiteJobStore
 from jobs.store import ACTIVE, JobStore
+from storage.job_io import JobIO
 
 log = logging.getLogger("ocr.jobs")
 
@@ -91,12 +92,22 @@ class JobManager:
             },
             "files": [{k: v for k, v in f.items() if k != "stored"} for f in files],
             "error": job["error"],
+            "output": job["options"].get("output"),  # where output_uri results go, and how that went
             "status_url": base,
             "result_url": f"{base}/result",
             "download_url": f"{base}/download",
         }
 
-    async def submit(self, kind: str, items: list[tuple[str, bytes]], opts: DocOptions) -> dict:
+    async def submit(
+        self,
+        kind: str,
+        items: list[tuple[str, bytes]],
+        opts: DocOptions,
+        remote: list[dict] | None = None,
+        extra: dict | None = None,
+    ) -> dict:
+        """Accept a job: uploaded `items` are written now; `remote` file entries (S3 keys, storage/job_io.py)
+        are fetched when their turn comes; `extra` options are kept with the job."""
         if self.store.count_active() >= self.settings.job_queue_max:
             raise InputError(
                 429, "queue_full", f"{self.settings.job_queue_max} jobs are waiting (JOB_QUEUE_MAX); try again later",
@@ -110,7 +121,8 @@ class JobManager:
             stored = f"{i:04d}_{safe_name(name)}"
             (inputs / stored).write_bytes(data)
             files.append({"name": name, "stored": stored, "state": "queued", "pages_done": 0, "pages_total": 0})
-        options = {**opts.as_dict(), "password": opts.password}
+        files += [{**r, "state": "queued", "pages_done": 0, "pages_total": 0} for r in remote or ()]
+        options = {**opts.as_dict(), "password": opts.password, **(extra or {})}
         self.store.insert(job_id, kind, options, files)
         self.emit(job_id, {"type": "state", "state": "queued", "files": [f["name"] for f in files]})
         self.queue.put_nowait(job_id)
@@ -161,13 +173,14 @@ class JobManager:
                 self.running.pop(job_id, None)
 
     async def _run(self, job: dict) -> None:
+        while not self.engine.ready and self.engine.error is None:  # after a restart the engine is still loading
+            await asyncio.sleep(0.2)
         job_id = job["id"]
         files = job["files"]
         self.store.update(job_id, state="running", attempts=job["attempts"] + 1)
         self.emit(job_id, {"type": "state", "state": "running", "attempt": job["attempts"] + 1})
         opts_d = dict(job["options"])
         opts = DocOptions(**{k: v for k, v in opts_d.items() if k in DocOptions.__dataclass_fields__})
-        inputs = self.dir(job_id) / "inputs"
         last_write = 0.0
 
         def progress(i: int, done: int, total: int) -> None:
@@ -186,10 +199,12 @@ class JobManager:
                 "pages_done": files[i]["pages_done"], "pages_total": files[i]["pages_total"],
             })  # fmt: skip
 
-        items = [(f["name"], inputs / f["stored"]) for f in files]
+        io = JobIO(self, job_id, files, opts_d)  # S3 inputs fetched in turn, results written to output_uri
+        items = [(f["name"], io.source(i)) for i, f in enumerate(files)]
         entries = await process_many(
-            self.engine, self.settings, self.renderer, items, self.dir(job_id) / "out", opts, progress, page_done
-        )
+            self.engine, self.settings, self.renderer, items, self.dir(job_id) / "out", opts, progress, page_done,
+            io.document_done,
+        )  # fmt: skip
         for i, (f, e) in enumerate(zip(files, entries, strict=True)):
             f["state"] = "done" if e.get("success") else "failed"
             if not e.get("success"):
@@ -201,8 +216,10 @@ class JobManager:
         tmp = self.result_path(job_id).with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(self.result_path(job_id))
+        if output := await io.finish(result):
+            opts_d["output"] = output
         job_options = {k: v for k, v in opts_d.items() if k != "password"}  # kept only while needed for a resume
-        self.finish(job_id, "done", files=files, options=job_options)
+        self.finish(job_id, "done", files=files, options=job_options, error=output and output["error"])
         log.info("job %s done: %d file(s)", job_id, len(files))
 
     async def _sweeper(self) -> None:

@@ -92,3 +92,20 @@ def scan_png() -> bytes:
 def start_server(data_dir: Path, base: str | None = None) -> tuple[subprocess.Popen, str]:
     """A real uvicorn server on loopback (CPU engine); returns (process, base URL) once it is ready."""
     return start_service({"DATA_DIR": str(data_dir), "ENGINE": "cpu", "NUM_WORKERS": "1"}, base=base)
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory):
+    """moto's S3 server on loopback, with the standard AWS_* variables pointing this process (and servers it
+    starts) at it; yields (boto3 client, endpoint, request log path)."""
+    import moto_s3
+
+    log = tmp_path_factory.mktemp("moto") / "requests.log"
+    proc, endpoint = moto_s3.start_moto(log)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in moto_s3.s3_env(endpoint).items():
+                mp.setenv(k, v)
+            yield moto_s3.client(endpoint), endpoint, log
+    finally:
+        moto_s3.stop_moto(proc)
