@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     result_ttl_s: float = Field(86400.0, gt=0, description="finished jobs and their results are deleted after this")
     log_level: str = "INFO"
 
+    # --- job callbacks and live progress (jobs/callbacks.py, jobs/events.py) ------------
+    callback_secret: str = Field("", description="HMAC-SHA256 key that signs callback bodies (X-OCR-Signature)")
+    callback_retries: int = Field(5, ge=0, le=20, description="callback attempts after the first one")
+    callback_backoff_s: float = Field(2.0, gt=0, description="wait before the first retry; doubles each time")
+    callback_timeout_s: float = Field(10.0, gt=0, description="one callback POST's time limit")
+    events_keepalive_s: float = Field(15.0, gt=0, description="SSE comment sent when a job's stream is idle")
+
     @field_validator("ngram_whitelist_token_ids", mode="before")
     @classmethod
     def _split_ints(cls, v: object) -> object:

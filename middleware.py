@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import metrics
 from config import Settings
@@ -18,7 +19,11 @@ from errors import error_response
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("ocr.access")
-OPEN_PATHS = {"/health", "/ready", "/ping", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+OPEN_PATHS = {"/ui", "/health", "/ready", "/ping", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+OPEN_PREFIXES = ("/ui/",)  # the web page's own files; it asks for a key before calling the API
+# EventSource cannot send headers: only this route also takes the key as ?api_key= (never logged: the
+# access log records the path without the query string).
+QUERY_KEY_PATH = re.compile(r"^/jobs/[^/]+/events$")
 _SAFE_ID = re.compile(r"^[\w.\-:]{1,128}$")
 
 
@@ -105,16 +110,19 @@ class ApiKeys:
         self.app = app
         self.keys = [k.encode() for k in keys]
 
-    def _valid(self, headers: dict) -> bool:
+    def _valid(self, headers: dict, scope: dict) -> bool:
         key = headers.get(b"x-api-key", b"")
         auth = headers.get(b"authorization", b"")
         if not key and auth[:7].lower() == b"bearer ":
             key = auth[7:].strip()
+        if not key and QUERY_KEY_PATH.match(scope["path"]):
+            key = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key", [""])[0].encode()
         return bool(key) and any(hmac.compare_digest(key, k) for k in self.keys)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.keys and scope["path"] not in OPEN_PATHS:
-            if not self._valid(dict(scope.get("headers", []))):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and self.keys and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
+            if not self._valid(dict(scope.get("headers", [])), scope):
                 resp = error_response(
                     401, "unauthorized", "a valid API key is required (X-API-Key or Authorization: Bearer)"
                 )

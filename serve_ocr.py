@@ -32,7 +32,7 @@ from middleware import ApiKeys, BodyLimit, RequestContext, configure_logging, lo
 from process.image_process import MODES, load_image
 
 VERSION = "0.1.0"
-ROUTERS = {"ocr": "ocr_routes", "pdf": "pdf_routes", "batch": "batch_routes", "jobs": "job_routes"}
+ROUTERS = {"ocr": "ocr_routes", "pdf": "pdf_routes", "batch": "batch_routes", "jobs": "job_routes", "ui": "ui_routes"}
 log = logging.getLogger("ocr.app")
 
 
