@@ -48,8 +48,10 @@ def chrome(width: int = 1360, height: int = 1000, downloads: Path | None = None)
     return driver
 
 
-def submit_files(driver, base: str, paths: list[Path], pages: str | None = None) -> None:
-    """Open /ui, choose the files, set the page range, press Read."""
+def submit_files(
+    driver, base: str, paths: list[Path], pages: str | None = None, prompt_text: str | None = None
+) -> None:
+    """Open /ui, choose the files, set the page range (and a prompt of one's own), press Read."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -59,6 +61,8 @@ def submit_files(driver, base: str, paths: list[Path], pages: str | None = None)
     driver.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in paths))
     if pages:
         driver.find_element(By.ID, "pages").send_keys(pages)
+    if prompt_text:
+        driver.find_element(By.ID, "prompt-text").send_keys(prompt_text)
     driver.find_element(By.ID, "run").click()
 
 

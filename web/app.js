@@ -283,7 +283,7 @@ async function renderPage(article, record, base, ev) {
     const r = record.regions[i];
     boxes[i].classList.add("active");
     blocks[i].classList.add("active");
-    info.textContent = `${r.label}: ${r.text || "(figure)"}`;
+    info.replaceChildren(el("strong", null, `${r.label}: `), document.createTextNode(r.text || "(figure)"));
     if (scroll) blocks[i].scrollIntoView({ block: "nearest", behavior: "smooth" });
   };
 
