@@ -21,9 +21,21 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 access_log = logging.getLogger("ocr.access")
 OPEN_PATHS = {"/ui", "/health", "/ready", "/ping", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 OPEN_PREFIXES = ("/ui/",)  # the web page's own files; it asks for a key before calling the API
-# EventSource cannot send headers: only this route also takes the key as ?api_key= (never logged: the
-# access log records the path without the query string).
+# EventSource cannot send headers: only this route also takes the key as ?api_key= (never logged: our
+# access log records the path without the query string, and uvicorn's gets it redacted).
 QUERY_KEY_PATH = re.compile(r"^/jobs/[^/]+/events$")
+_QUERY_KEY = re.compile(r"(api_key=)[^&\s]*")
+
+
+class RedactApiKey(logging.Filter):
+    """Hides ?api_key= values in uvicorn's access-log lines (its arguments hold the full path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "api_key=" in a for a in record.args):
+            record.args = tuple(_QUERY_KEY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
 _SAFE_ID = re.compile(r"^[\w.\-:]{1,128}$")
 
 
@@ -55,6 +67,9 @@ def configure_logging(settings: Settings) -> None:
     # Replace our own handler on re-configuration; leave handlers others installed (pytest, uvicorn --log-config).
     root.handlers[:] = [h for h in root.handlers if not getattr(h, "_ocr_service", False)] + [handler]
     root.setLevel(settings.log_level.upper())
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactApiKey) for f in uvicorn_access.filters):
+        uvicorn_access.addFilter(RedactApiKey())
 
 
 def load_api_keys(settings: Settings) -> list[str]:

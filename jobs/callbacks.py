@@ -151,8 +151,8 @@ class Callbacks:
                     event.update(status=status, delivered=200 <= status < 300)
                     if not event["delivered"]:
                         event["error"] = f"the receiver answered HTTP {status}"
-                except InputError as e:  # the URL no longer passes the address rules: no point retrying
-                    event.update(delivered=False, error=e.message, gave_up=True)
+                except InputError as e:  # refused by the address rules: no point retrying (DNS may come back)
+                    event.update(delivered=False, error=e.message, gave_up=e.code != "url_unresolvable")
                 except (httpx.HTTPError, OSError) as e:
                     event.update(delivered=False, error=f"{type(e).__name__}: {e}")
                 if not event["delivered"] and attempt >= total:

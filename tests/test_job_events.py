@@ -3,6 +3,7 @@ with Last-Event-ID without losing or repeating events, and after a kill -9 + res
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 
@@ -10,7 +11,7 @@ import httpx
 from conftest import DOCLING, make_client, start_server, wait_ready
 
 from config import Settings
-from jobs.events import format_event, parse_last_id
+from jobs.events import format_event, parse_last_id, stream
 
 
 def read_events(base: str, job_id: str, last_id: int | None = None, stop_after: int | None = None):
@@ -95,6 +96,19 @@ def test_events_resume_after_server_restart(tmp_path):
 def test_event_format_and_last_id_parsing(tmp_path):
     assert format_event(7, {"type": "page", "page": 2}) == 'id: 7\nevent: page\ndata: {"type": "page", "page": 2}\n\n'
     assert parse_last_id("12", 3) == 12 and parse_last_id(None, 3) == 3 and parse_last_id("junk", None) == 0
-    with make_client(Settings(_env_file=None, data_dir=tmp_path)) as c:
+    with make_client(Settings(_env_file=None, data_dir=tmp_path, job_queue_max=5)) as c:
         wait_ready(c)
         assert c.get("/jobs/abc/events").status_code == 404
+        jobs = c.app.state.jobs
+        job_id = c.post("/jobs", files=[("files", ("m.pdf", (DOCLING / "multi_page.pdf").read_bytes()))]).json()[
+            "job_id"
+        ]
+
+        async def gone() -> bool:
+            return True
+
+        async def collect() -> list[str]:  # a client that has left: the stream ends without waiting for the job
+            return [chunk async for chunk in stream(jobs.store, jobs.notifier, job_id, 10**9, gone, 60)]
+
+        assert asyncio.run(collect()) == ["retry: 2000\n\n"]
+        c.delete(f"/jobs/{job_id}")

@@ -542,5 +542,10 @@ document.addEventListener("DOMContentLoaded", () => {
   if (state.key) showKeyField();
   wireDrop();
   $("#submit-form").addEventListener("submit", submit);
+  $("#api-key").addEventListener("change", (e) => {
+    state.key = e.target.value.trim();
+    sessionStorage.setItem("ocr-api-key", state.key);
+    loadCatalogue();
+  });
   loadCatalogue().then(resume);
 });
