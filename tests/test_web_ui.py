@@ -96,6 +96,37 @@ def test_upload_pdf_pages_boxes_highlight_and_zip(server, driver):
 
 
 @needs_browser
+def test_several_files_and_figure_crops(server, driver):
+    by = _by()
+    browser.submit_files(driver, server, [DOCLING / "picture_classification.pdf", DOCLING / "ocr_test.pdf"], pages="1")
+    job_id = browser.wait_done(driver)
+    cards = driver.find_elements(by.CSS_SELECTOR, ".file")
+    assert [c.find_element(by.CSS_SELECTOR, ".file-name").text for c in cards] == [
+        "picture_classification.pdf",
+        "ocr_test.pdf",
+    ]
+    for card in cards:  # a progress bar per file, full
+        bar = card.find_element(by.CSS_SELECTOR, ".bar")
+        assert bar.get_attribute("value") == bar.get_attribute("max") == "1"
+    record = httpx.get(f"{server}/jobs/{job_id}/files/0/pages/1").json()
+    figures = [r for r in record["regions"] if r["label"] == "image"]
+    assert figures  # the CPU engine found the picture
+    page = cards[0].find_element(by.CSS_SELECTOR, ".page")
+    assert len(page.find_elements(by.CSS_SELECTOR, ".box.label-image")) == len(figures)
+    crops = page.find_elements(by.CSS_SELECTOR, ".crops img")
+    assert len(crops) == len(figures)
+    deadline = time.time() + 20
+    while time.time() < deadline and not driver.execute_script("return arguments[0].naturalWidth", crops[0]):
+        time.sleep(0.2)
+    x1, y1, x2, y2 = figures[0]["box_px"]
+    size = driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", crops[0])
+    assert abs(size[0] - (x2 - x1)) <= 2 and abs(size[1] - (y2 - y1)) <= 2  # the figure's own crop
+    page.find_element(by.CSS_SELECTOR, ".box.label-image").click()
+    assert page.find_elements(by.CSS_SELECTOR, ".block.active .crop img")  # its block is the figure
+    assert "Docling" in cards[1].find_element(by.CSS_SELECTOR, ".page-md").text
+
+
+@needs_browser
 def test_corrupt_pdf_shows_the_api_error(server, driver):
     by = _by()
     browser.submit_files(driver, server, [DOCLING / "corrupted.pdf"])
