@@ -35,7 +35,14 @@ from middleware import ApiKeys, BodyLimit, RequestContext, configure_logging, lo
 from process.image_process import MODES, load_image
 
 VERSION = "0.1.0"
-ROUTERS = {"ocr": "ocr_routes", "pdf": "pdf_routes", "batch": "batch_routes", "jobs": "job_routes", "ui": "ui_routes"}
+ROUTERS = {
+    "ocr": "ocr_routes",
+    "pdf": "pdf_routes",
+    "batch": "batch_routes",
+    "jobs": "job_routes",
+    "v1": "openai_routes",  # OpenAI-compatible API, mounted at /v1
+    "ui": "ui_routes",  # the web page, mounted at /ui
+}
 log = logging.getLogger("ocr.app")
 
 
