@@ -18,6 +18,7 @@ from deepseek_ocr import PROMPTS
 from documents import DocOptions, process_many, write_zip
 from errors import InputError
 from inputs import read_upload
+from jobs import callbacks
 from pdf_routes import workdir
 
 PREFIX = "/batch"
@@ -78,13 +79,17 @@ async def batch_ocr(
     dpi: Annotated[int, Form(ge=72, le=300)] = 144,
     max_tokens: Annotated[int | None, Form(ge=1, le=32768)] = None,
     run_async: Async = False,
+    callback_url: Annotated[str | None, Form(description="with async: POSTed the job's status when it ends")] = None,
 ):
     """Per-file JSON: text, Markdown, per-page results; failed files carry their error."""
     settings = pipeline.settings_of(request)
     items = await read_files(settings, files)
     opts = DocOptions(prompt, mode, dpi, extract_images=False, max_tokens=max_tokens)
+    if callback_url and not run_async:
+        raise InputError(400, "callback_needs_async", "callback_url is for jobs: add ?async=true")
     if run_async:
-        job = await pipeline.jobs_of(request).submit("batch", items, opts)
+        extra = await callbacks.submission_options(settings, callback_url, str(request.base_url))
+        job = await pipeline.jobs_of(request).submit("batch", items, opts, extra=extra)
         return JSONResponse(job, status_code=202, headers={"Location": job["status_url"]})
     entries, root = await run_batch(request, items, opts)
     shutil.rmtree(root, ignore_errors=True)

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     )
     s3_max_keys: int = Field(100_000, ge=1, description="documents one input_uri prefix may hold")
     s3_upload_attempts: int = Field(4, ge=1, le=20, description="tries per result object before it is reported")
+    # --- job callbacks and live progress (jobs/callbacks.py, jobs/events.py) ------------
+    callback_secret: str = Field("", description="HMAC-SHA256 key that signs callback bodies (X-OCR-Signature)")
+    callback_retries: int = Field(5, ge=0, le=20, description="callback attempts after the first one")
+    callback_backoff_s: float = Field(2.0, gt=0, description="wait before the first retry; doubles each time")
+    callback_timeout_s: float = Field(10.0, gt=0, description="one callback POST's time limit")
+    events_keepalive_s: float = Field(15.0, gt=0, description="SSE comment sent when a job's stream is idle")
 
     @field_validator("ngram_whitelist_token_ids", mode="before")
     @classmethod

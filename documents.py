@@ -3,6 +3,7 @@
 Folder of one document (`stem` = sanitised file name):
     pages/0001.json        one page's result, written as soon as it is done (resume skips these)
     images/1_0.jpg         figure crops, linked from the Markdown as images/{page}_{k}.jpg
+    page_images/0001.jpg   the page as the engine saw it, when keep_page_images (the web page shows it)
     {stem}.md              combined Markdown, pages separated by PAGE_SPLIT
     {stem}_det.mmd         the raw model output with grounding, pages separated likewise
     {stem}_layouts.pdf     every page with its labelled boxes (img2pdf), when asked for
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import img2pdf
+from PIL import Image
 
 import ocr_utils
 import pipeline
@@ -49,6 +51,7 @@ class DocOptions:
     draw_layouts: bool = False
     extract_images: bool = True
     max_tokens: int | None = None
+    keep_page_images: bool = False
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -142,6 +145,16 @@ def _save_page_outputs(page: pipeline.PageResult, number: int, out: Path, opts: 
         ocr_utils.draw_boxes(page.image, page.regions).save(out / "layouts" / f"{number:04d}.jpg", "JPEG", quality=85)
 
 
+def save_page_image(image: Image.Image, out: Path, number: int) -> Path:
+    """The page as a JPEG under page_images/ (written atomically); returns its path."""
+    path = out / "page_images" / f"{number:04d}.jpg"
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    image.convert("RGB").save(tmp, "JPEG", quality=85)
+    tmp.replace(path)
+    return path
+
+
 async def process_document(
     engine: OCREngine,
     settings: Settings,
@@ -212,6 +225,8 @@ async def process_document(
             else:
                 image, info = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
                 used_dpi = None
+            if opts.keep_page_images:
+                await asyncio.to_thread(save_page_image, image, out, number)
             try:
                 page = await pipeline.ocr_page(
                     engine, settings, image, opts.prompt, image_info=info,
@@ -309,7 +324,7 @@ async def process_many(
     return list(await asyncio.gather(*(one(i, n, s) for i, (n, s) in enumerate(items))))
 
 
-_SKIP_IN_ZIP = {"pages", "input.pdf", "result.json", "layouts"}
+_SKIP_IN_ZIP = {"pages", "input.pdf", "result.json", "layouts", "page_images"}
 
 
 def write_zip(root: Path, entries: list[dict], zip_path: Path) -> Path:

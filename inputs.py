@@ -94,6 +94,17 @@ def _check_url(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
+async def pinned(url: str, settings: Settings) -> tuple[str, dict[str, str], str]:
+    """Check a URL under the rules above and pin it to the checked address: (pinned URL, headers, host for SNI).
+    Used for every outgoing request: URL inputs and job callbacks."""
+    scheme, host, port = _check_url(url)
+    ip = await resolve_checked(host, port, settings)
+    parts = urlsplit(url)
+    netloc = f"[{ip}]" if ":" in ip else ip
+    target = urlunsplit((scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
+    return target, {"Host": parts.netloc.rpartition("@")[2], "User-Agent": "deepseek-ocr-service"}, host
+
+
 async def fetch_url(url: str, settings: Settings, limit: int) -> bytes:
     """GET a URL under the rules above; returns the body bytes. s3://bucket/key is read from object storage
     (storage/s3.py: the S3_BUCKETS allow-list, the same size cap)."""
@@ -106,13 +117,8 @@ async def fetch_url(url: str, settings: Settings, limit: int) -> bytes:
         async with asyncio.timeout(settings.url_timeout_s * 2):
             async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
                 for _ in range(settings.url_max_redirects + 1):
-                    scheme, host, port = _check_url(url)
-                    ip = await resolve_checked(host, port, settings)
-                    parts = urlsplit(url)
-                    netloc = f"[{ip}]" if ":" in ip else ip
-                    pinned = urlunsplit((scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
-                    headers = {"Host": parts.netloc.rpartition("@")[2], "User-Agent": "deepseek-ocr-service"}
-                    req = client.build_request("GET", pinned, headers=headers, extensions={"sni_hostname": host})
+                    target, headers, host = await pinned(url, settings)
+                    req = client.build_request("GET", target, headers=headers, extensions={"sni_hostname": host})
                     resp = await client.send(req, stream=True)
                     try:
                         if resp.is_redirect:

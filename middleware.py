@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import metrics
 from config import Settings
@@ -18,7 +19,23 @@ from errors import error_response
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("ocr.access")
-OPEN_PATHS = {"/health", "/ready", "/ping", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+OPEN_PATHS = {"/ui", "/health", "/ready", "/ping", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+OPEN_PREFIXES = ("/ui/",)  # the web page's own files; it asks for a key before calling the API
+# EventSource cannot send headers: only this route also takes the key as ?api_key= (never logged: our
+# access log records the path without the query string, and uvicorn's gets it redacted).
+QUERY_KEY_PATH = re.compile(r"^/jobs/[^/]+/events$")
+_QUERY_KEY = re.compile(r"(api_key=)[^&\s]*")
+
+
+class RedactApiKey(logging.Filter):
+    """Hides ?api_key= values in uvicorn's access-log lines (its arguments hold the full path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "api_key=" in a for a in record.args):
+            record.args = tuple(_QUERY_KEY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
 _SAFE_ID = re.compile(r"^[\w.\-:]{1,128}$")
 
 
@@ -50,6 +67,9 @@ def configure_logging(settings: Settings) -> None:
     # Replace our own handler on re-configuration; leave handlers others installed (pytest, uvicorn --log-config).
     root.handlers[:] = [h for h in root.handlers if not getattr(h, "_ocr_service", False)] + [handler]
     root.setLevel(settings.log_level.upper())
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactApiKey) for f in uvicorn_access.filters):
+        uvicorn_access.addFilter(RedactApiKey())
 
 
 def load_api_keys(settings: Settings) -> list[str]:
@@ -105,16 +125,19 @@ class ApiKeys:
         self.app = app
         self.keys = [k.encode() for k in keys]
 
-    def _valid(self, headers: dict) -> bool:
+    def _valid(self, headers: dict, scope: dict) -> bool:
         key = headers.get(b"x-api-key", b"")
         auth = headers.get(b"authorization", b"")
         if not key and auth[:7].lower() == b"bearer ":
             key = auth[7:].strip()
+        if not key and QUERY_KEY_PATH.match(scope["path"]):
+            key = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key", [""])[0].encode()
         return bool(key) and any(hmac.compare_digest(key, k) for k in self.keys)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.keys and scope["path"] not in OPEN_PATHS:
-            if not self._valid(dict(scope.get("headers", []))):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and self.keys and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
+            if not self._valid(dict(scope.get("headers", [])), scope):
                 resp = error_response(
                     401, "unauthorized", "a valid API key is required (X-API-Key or Authorization: Bearer)"
                 )

@@ -19,6 +19,7 @@ from config import Settings
 from deepseek_ocr import PROMPTS
 from documents import DocOptions, process_document, safe_name
 from errors import InputError
+from jobs import callbacks
 from process.image_process import MODES, sniff_kind
 
 PREFIX = "/pdf"
@@ -87,14 +88,18 @@ async def pdf_ocr(
     password: Annotated[str | None, Form(description="for password-protected PDFs")] = None,
     max_tokens: Annotated[int | None, Form(ge=1, le=32768)] = None,
     run_async: Annotated[bool, Query(alias="async", description="queue as a job; answer 202 with its id")] = False,
+    callback_url: Annotated[str | None, Form(description="with async: POSTed the job's status when it ends")] = None,
 ):
     """Full PDF OCR: per-page text, Markdown and regions; combined Markdown; layouts PDF and crops on request."""
     settings = pipeline.settings_of(request)
     name, data = await pdf_bytes(settings, file, pdf_url, pdf_base64)
     opts = DocOptions(prompt, mode, dpi, pages, password, draw_layouts, extract_images, max_tokens)
+    if callback_url and not run_async:
+        raise InputError(400, "callback_needs_async", "callback_url is for jobs: add ?async=true")
     if run_async:
         require_pdf(data)
-        job = await pipeline.jobs_of(request).submit("pdf", [(name, data)], opts)
+        extra = await callbacks.submission_options(settings, callback_url, str(request.base_url))
+        job = await pipeline.jobs_of(request).submit("pdf", [(name, data)], opts, extra=extra)
         return JSONResponse(job, status_code=202, headers={"Location": job["status_url"]})
     entry, folder = await run_pdf(request, name, data, opts)
     try:

@@ -41,6 +41,7 @@ ROUTERS = {
     "batch": "batch_routes",
     "jobs": "job_routes",
     "v1": "openai_routes",  # OpenAI-compatible API, mounted at /v1
+    "ui": "ui_routes",  # the web page, mounted at /ui
 }
 log = logging.getLogger("ocr.app")
 

@@ -22,6 +22,8 @@ from config import Settings
 from deepseek_ocr import OCREngine
 from documents import DocOptions, Renderer, process_many, safe_name, write_zip
 from errors import InputError
+from jobs.callbacks import Callbacks
+from jobs.events import Notifier
 from jobs.sqlite_store import SQLiteJobStore
 from jobs.store import ACTIVE, JobStore
 from storage.job_io import JobIO
@@ -42,6 +44,8 @@ class JobManager:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.running: dict[str, asyncio.Task] = {}
         self._tasks: list[asyncio.Task] = []
+        self.notifier = Notifier()  # wakes GET /jobs/{id}/events streams
+        self.callbacks = Callbacks(self)
 
     async def start(self) -> None:
         resumed = self.store.ids(ACTIVE)
@@ -52,8 +56,10 @@ class JobManager:
             log.info("resuming %d unfinished job(s)", len(resumed))
         self._tasks = [asyncio.create_task(self._worker(i)) for i in range(self.settings.job_workers)]
         self._tasks.append(asyncio.create_task(self._sweeper()))
+        self.callbacks.resume()  # callbacks of finished jobs that an earlier process did not deliver
 
     async def stop(self) -> None:
+        await self.callbacks.stop()
         for t in self._tasks + list(self.running.values()):
             t.cancel()
         for t in self._tasks:
@@ -65,12 +71,15 @@ class JobManager:
 
     def emit(self, job_id: str, event: dict) -> int:
         """Log one event of a job (GET /jobs/{id}/events streams them); returns its id."""
-        return self.store.append_event(job_id, {**event, "job_id": job_id, "time": round(time.time(), 3)})
+        event_id = self.store.append_event(job_id, {**event, "job_id": job_id, "time": round(time.time(), 3)})
+        self.notifier.notify(job_id)
+        return event_id
 
     def finish(self, job_id: str, state: str, **fields) -> None:
         """Record a job's final state and log it as its last event."""
         self.store.update(job_id, state=state, finished=time.time(), **fields)
         self.emit(job_id, {"type": state, "state": state, "error": fields.get("error")})
+        self.callbacks.job_finished(job_id)
 
     def public(self, job: dict) -> dict:
         """What GET /jobs/{id} shows."""
@@ -107,7 +116,7 @@ class JobManager:
         extra: dict | None = None,
     ) -> dict:
         """Accept a job: uploaded `items` are written now; `remote` file entries (S3 keys, storage/job_io.py)
-        are fetched when their turn comes; `extra` options are kept with the job."""
+        are fetched when their turn comes; `extra` options are kept with the job (callback_url, output_uri...)."""
         if self.store.count_active() >= self.settings.job_queue_max:
             raise InputError(
                 429, "queue_full", f"{self.settings.job_queue_max} jobs are waiting (JOB_QUEUE_MAX); try again later",
@@ -122,7 +131,7 @@ class JobManager:
             (inputs / stored).write_bytes(data)
             files.append({"name": name, "stored": stored, "state": "queued", "pages_done": 0, "pages_total": 0})
         files += [{**r, "state": "queued", "pages_done": 0, "pages_total": 0} for r in remote or ()]
-        options = {**opts.as_dict(), "password": opts.password, **(extra or {})}
+        options = {**opts.as_dict(), **(extra or {}), "password": opts.password}
         self.store.insert(job_id, kind, options, files)
         self.emit(job_id, {"type": "state", "state": "queued", "files": [f["name"] for f in files]})
         self.queue.put_nowait(job_id)

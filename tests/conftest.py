@@ -89,9 +89,9 @@ def scan_png() -> bytes:
     return render("ocr_test.pdf")
 
 
-def start_server(data_dir: Path, base: str | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: Path, base: str | None = None, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """A real uvicorn server on loopback (CPU engine); returns (process, base URL) once it is ready."""
-    return start_service({"DATA_DIR": str(data_dir), "ENGINE": "cpu", "NUM_WORKERS": "1"}, base=base)
+    return start_service({"DATA_DIR": str(data_dir), "ENGINE": "cpu", "NUM_WORKERS": "1", **(env or {})}, base=base)
 
 
 @pytest.fixture(scope="session")
