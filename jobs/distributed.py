@@ -25,6 +25,7 @@ import shutil
 import socket
 import time
 
+import redis
 from arq import Retry, Worker, create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix
@@ -66,7 +67,11 @@ class DistributedJobManager(JobManager):
         redis_settings = RedisSettings.from_dsn(self.settings.redis_url)
         self.pool: ArqRedis = await create_pool(redis_settings, default_queue_name=self.queue_name)
         self.worker: Worker | None = None
-        self._tasks = [asyncio.create_task(self._run_worker(redis_settings)), asyncio.create_task(self._sweeper())]
+        self._tasks = [
+            asyncio.create_task(self._run_worker(redis_settings)),
+            asyncio.create_task(self._renew_leases()),
+            asyncio.create_task(self._sweeper()),
+        ]
 
     async def stop(self) -> None:
         if self.worker:  # cancels its tasks: arq puts them back in the queue for the other replicas
@@ -86,9 +91,19 @@ class DistributedJobManager(JobManager):
                 log.error("no job worker on this replica: the engine failed (%s)", self.engine.error)
                 return
             await asyncio.sleep(0.2)
+        while True:  # a worker that loses Redis stops; start another once Redis is back
+            self.worker = self._worker(redis_settings)
+            try:
+                await self.worker.async_run()
+                return
+            except Exception as e:
+                log.error("job worker stopped (%s: %s); starting again in 5 s", type(e).__name__, e)
+                await asyncio.sleep(5)
+
+    def _worker(self, redis_settings: RedisSettings) -> Worker:
         timeout = self.settings.job_page_timeout_s + 5  # arq's own limit; ours (inside ocr_page) comes first
         tries = self.settings.job_page_tries
-        self.worker = Worker(
+        worker = Worker(
             functions=[
                 func(_plan_job, name="plan_job", timeout=timeout, max_tries=tries),
                 func(_ocr_page, name="ocr_page", timeout=timeout, max_tries=tries),
@@ -102,16 +117,16 @@ class DistributedJobManager(JobManager):
             ctx={"jobs": self},
             log_results=False,
         )
-        self.worker.in_progress_timeout_s = self.settings.job_lease_s  # renewed by _renew_leases, not one long mark
-        self._tasks.append(asyncio.create_task(self._renew_leases(self.worker)))
-        await self.worker.async_run()
+        worker.in_progress_timeout_s = self.settings.job_lease_s  # renewed by _renew_leases, not one long mark
+        return worker
 
-    async def _renew_leases(self, worker: Worker) -> None:
+    async def _renew_leases(self) -> None:
         """Keep the in-progress marks of this replica's running tasks alive (PEXPIRE never revives a deleted one)."""
         lease_ms = int(self.settings.job_lease_s * 1000)
         while True:
             await asyncio.sleep(self.settings.job_lease_s / 3)
-            running = [task_id for task_id, t in list(worker.tasks.items()) if not t.done()]
+            tasks = self.worker.tasks if self.worker else {}
+            running = [task_id for task_id, t in list(tasks.items()) if not t.done()]
             if not running:
                 continue
             try:
@@ -264,14 +279,27 @@ def _page_progress(job: dict, i: int, done: int, file_error: dict | None) -> dic
     return {"files": files}
 
 
-# arq calls these module-level functions with its context; the replica's manager is ctx["jobs"].
+# arq calls these module-level functions with its context; the replica's manager is ctx["jobs"]. A task that
+# lost Redis for a moment runs again later (arq counts it against JOB_PAGE_TRIES) instead of failing for good.
 async def _plan_job(ctx: dict, job_id: str) -> None:
-    await ctx["jobs"].plan(job_id)
+    async with _retry_on_redis_error():
+        await ctx["jobs"].plan(job_id)
 
 
 async def _ocr_page(ctx: dict, job_id: str, i: int, number: int, kind: str) -> None:
-    await ctx["jobs"].page(job_id, i, number, kind, ctx["job_try"])
+    async with _retry_on_redis_error():
+        await ctx["jobs"].page(job_id, i, number, kind, ctx["job_try"])
 
 
 async def _finish_job(ctx: dict, job_id: str) -> None:
-    await ctx["jobs"].finalize(job_id)
+    async with _retry_on_redis_error():
+        await ctx["jobs"].finalize(job_id)
+
+
+@contextlib.asynccontextmanager
+async def _retry_on_redis_error():
+    try:
+        yield
+    except redis.RedisError as e:
+        log.warning("task stopped by Redis (%s: %s); it runs again in 5 s", type(e).__name__, e)
+        raise Retry(defer=5) from e

@@ -41,6 +41,7 @@ class RedisJobStore(JobStore):
     def __init__(self, url: str, prefix: str = "ocr"):
         self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, health_check_interval=30)
         self.p = prefix
+        self.conflicts = 0  # optimistic transactions run again because another replica wrote first
         self._append = self.r.register_script(_APPEND_EVENT)
         self._page_done = self.r.register_script(_PAGE_DONE)
 
@@ -98,7 +99,7 @@ class RedisJobStore(JobStore):
                     tx.execute()
                     return {**job, **fields}
                 except redis.WatchError:
-                    continue
+                    self.conflicts += 1
 
     def ids(self, states: tuple[str, ...]) -> list[str]:
         if set(states) <= set(ACTIVE):
