@@ -42,7 +42,7 @@ from documents import (
 )
 from errors import InputError
 from jobs.manager import JobManager
-from jobs.redis_store import RedisJobStore
+from jobs.redis_store import RedisJobStore, RedisUnavailable
 from jobs.store import ACTIVE
 
 log = logging.getLogger("ocr.jobs")
@@ -138,7 +138,10 @@ class DistributedJobManager(JobManager):
                 log.warning("could not renew %d task lease(s): %s", len(running), e)
 
     async def enqueue(self, job_id: str) -> None:
-        await self.pool.enqueue_job("plan_job", job_id, _job_id=self.task_id("plan", job_id))
+        try:
+            await self.pool.enqueue_job("plan_job", job_id, _job_id=self.task_id("plan", job_id))
+        except redis.RedisError as e:  # the sweeper enqueues it once Redis is back
+            raise RedisUnavailable(e) from e
 
     def _options(self, job: dict) -> DocOptions:
         return DocOptions(**{k: v for k, v in job["options"].items() if k in DocOptions.__dataclass_fields__})
@@ -255,17 +258,23 @@ class DistributedJobManager(JobManager):
         """One replica at a time (a Redis lock) removes expired jobs and re-enqueues jobs never planned."""
         interval = min(60.0, max(1.0, self.settings.result_ttl_s / 10))
         while True:
-            lock = self.store.key("sweeper")
-            if self.store.r.set(lock, REPLICA, nx=True, px=int(interval * 900)):
-                for job_id in self.store.expired(time.time() - self.settings.result_ttl_s):
-                    shutil.rmtree(self.dir(job_id), ignore_errors=True)
-                    self.store.delete(job_id)
-                    log.info("job %s expired", job_id)
-                for job_id in self.store.ids(("queued",)):  # a replica died between accepting and enqueuing
-                    job = self.store.get(job_id)
-                    if job and time.time() - job["created"] > 60:
-                        await self.enqueue(job_id)  # a no-op while its plan task is queued or just done
+            try:
+                await self._sweep(interval)
+            except Exception as e:  # Redis away: next round
+                log.warning("job sweep skipped: %s", e)
             await asyncio.sleep(interval)
+
+    async def _sweep(self, interval: float) -> None:
+        if not self.store.r.set(self.store.key("sweeper"), REPLICA, nx=True, px=int(interval * 900)):
+            return  # another replica sweeps this round
+        for job_id in self.store.expired(time.time() - self.settings.result_ttl_s):
+            shutil.rmtree(self.dir(job_id), ignore_errors=True)
+            self.store.delete(job_id)
+            log.info("job %s expired", job_id)
+        for job_id in self.store.ids(("queued",)):  # a replica died between accepting and enqueuing
+            job = self.store.get(job_id)
+            if job and time.time() - job["created"] > 60:
+                await self.enqueue(job_id)  # a no-op while its plan task is queued or just done
 
 
 def _page_progress(job: dict, i: int, done: int, file_error: dict | None) -> dict:
@@ -300,6 +309,6 @@ async def _finish_job(ctx: dict, job_id: str) -> None:
 async def _retry_on_redis_error():
     try:
         yield
-    except redis.RedisError as e:
+    except (redis.RedisError, RedisUnavailable) as e:
         log.warning("task stopped by Redis (%s: %s); it runs again in 5 s", type(e).__name__, e)
         raise Retry(defer=5) from e

@@ -13,13 +13,35 @@ a deleted job is never brought back by a late update.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
 
 import redis
 
+from errors import InputError
 from jobs.store import ACTIVE, JobStore
+
+
+class RedisUnavailable(InputError):
+    def __init__(self, error: Exception):
+        message = f"the job queue cannot reach Redis ({type(error).__name__}: {error}); try again later"
+        super().__init__(503, "jobs_unavailable", message, headers={"Retry-After": "10"})
+
+
+def _redis_errors_are_503(method):
+    """A Redis that is down answers 503 jobs_unavailable (errors.py renders it), not 500."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except redis.RedisError as e:
+            raise RedisUnavailable(e) from e
+
+    return wrapper
+
 
 # Ids increase within a job even when replicas append at once; nothing is added to a deleted job.
 _APPEND_EVENT = """
@@ -48,9 +70,11 @@ class RedisJobStore(JobStore):
     def key(self, *parts: str) -> str:
         return ":".join((self.p, *parts))
 
+    @_redis_errors_are_503
     def ping(self) -> None:
         self.r.ping()
 
+    @_redis_errors_are_503
     def insert(self, job_id: str, kind: str, options: dict, files: list[dict]) -> None:
         now = time.time()
         record = {
@@ -63,6 +87,7 @@ class RedisJobStore(JobStore):
             tx.sadd(self.key("active"), job_id)
             tx.execute()
 
+    @_redis_errors_are_503
     def get(self, job_id: str) -> dict | None:
         return self._decode(self.r.hgetall(self.key("job", job_id)))
 
@@ -70,9 +95,11 @@ class RedisJobStore(JobStore):
     def _decode(raw: dict) -> dict | None:
         return {k: json.loads(v) for k, v in raw.items()} if raw else None
 
+    @_redis_errors_are_503
     def update(self, job_id: str, **fields) -> None:
         self.mutate(job_id, lambda job: fields)
 
+    @_redis_errors_are_503
     def mutate(self, job_id: str, change: Callable[[dict], dict | None]) -> dict | None:
         """Read-modify-write of one record: `change(job)` returns the fields to set (None: nothing). Runs again
         if another replica wrote the record meanwhile. Returns the new record, or None if there is no such job."""
@@ -101,6 +128,7 @@ class RedisJobStore(JobStore):
                 except redis.WatchError:
                     self.conflicts += 1
 
+    @_redis_errors_are_503
     def ids(self, states: tuple[str, ...]) -> list[str]:
         if set(states) <= set(ACTIVE):
             candidates = list(self.r.smembers(self.key("active")))
@@ -115,12 +143,15 @@ class RedisJobStore(JobStore):
         ]
         return [i for _, i in sorted(found)]
 
+    @_redis_errors_are_503
     def count_active(self) -> int:
         return int(self.r.scard(self.key("active")))
 
+    @_redis_errors_are_503
     def expired(self, before: float) -> list[str]:
         return list(self.r.zrangebyscore(self.key("finished"), "-inf", f"({before}"))
 
+    @_redis_errors_are_503
     def delete(self, job_id: str) -> None:
         with self.r.pipeline(transaction=True) as tx:
             tx.delete(
@@ -132,6 +163,7 @@ class RedisJobStore(JobStore):
             tx.srem(self.key("active"), job_id)
             tx.execute()
 
+    @_redis_errors_are_503
     def recent(self, limit: int = 50) -> list[dict]:
         ids = self.r.zrevrange(self.key("jobs"), 0, limit - 1)
         with self.r.pipeline(transaction=False) as pipe:
@@ -139,10 +171,12 @@ class RedisJobStore(JobStore):
                 pipe.hgetall(self.key("job", job_id))
             return [j for raw in pipe.execute() if (j := self._decode(raw))]
 
+    @_redis_errors_are_503
     def append_event(self, job_id: str, event: dict) -> int:
         keys = [self.key("event_seq", job_id), self.key("events", job_id), self.key("job", job_id)]
         return int(self._append(keys=keys, args=[json.dumps(event)]))
 
+    @_redis_errors_are_503
     def events(self, job_id: str, after: int = 0) -> list[tuple[int, dict]]:
         members = self.r.zrangebyscore(self.key("events", job_id), f"({after}", "+inf")
         out = []
@@ -151,6 +185,7 @@ class RedisJobStore(JobStore):
             out.append((int(event_id), json.loads(data)))
         return out
 
+    @_redis_errors_are_503
     def page_done(self, job_id: str, file: int, page: int) -> tuple[bool, int, int]:
         """Count one finished page of a job exactly once: (newly counted, pages done in its file, in the job)."""
         keys = [self.key("pages", job_id), self.key("pages_per_file", job_id), self.key("job", job_id)]

@@ -191,3 +191,21 @@ def test_two_replicas_one_killed_mid_page(redis_url, tmp_path):
         stop_service(b)
         r.close()
         store.close()
+
+
+def test_redis_down_gives_503_not_500(tmp_path, scan_png):
+    proc, url = start_redis(tmp_path / "redis")
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path / "data", job_backend="redis", redis_url=url, redis_prefix="down"
+    )
+    with make_client(settings) as c:
+        wait_ready(c)
+        assert c.get("/jobs/status").json()["backend"] == "redis"
+        stop_redis(proc)  # Redis goes away under a running replica
+        for r in (c.get("/jobs/nope"), c.post("/jobs", files=[("files", ("s.png", scan_png))])):
+            assert r.status_code == 503 and r.json()["error"]["code"] == "jobs_unavailable", r.text
+        assert c.post("/ocr/image/simple", files={"file": ("s.png", scan_png)}).status_code == 200  # the rest works
+    with make_client(settings) as c:  # a replica that starts without Redis says why
+        r = c.get("/jobs/nope")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "jobs_unavailable"
+        assert "cannot reach Redis" in r.json()["error"]["message"]
