@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import time
+from pathlib import Path
 
 import redis
 from arq import Retry, Worker, create_pool
@@ -146,7 +147,7 @@ class DistributedJobManager(JobManager):
     def _options(self, job: dict) -> DocOptions:
         return DocOptions(**{k: v for k, v in job["options"].items() if k in DocOptions.__dataclass_fields__})
 
-    def _plan_path(self, job_id: str):
+    def _plan_path(self, job_id: str) -> Path:
         return self.dir(job_id) / "plan.json"
 
     async def plan(self, job_id: str) -> None:
