@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Mode = Literal["tiny", "small", "base", "large", "gundam"]
+Mode = Literal["tiny", "small", "base", "large", "gundam", "gundam_m"]
 
 
 class Settings(BaseSettings):
@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     mm_cache_gb: float = Field(0.0, ge=0, description="vLLM multimodal processor cache (0: every page is new)")
     kv_cache_dtype: str = Field("auto", description="vLLM KV cache dtype, e.g. fp8")
     enforce_eager: bool = Field(False, description="vLLM without CUDA graphs (faster start, slower decode)")
+    engine_death: Literal["exit", "stay"] = Field(
+        "exit",
+        description="when the engine's process dies: exit (SIGTERM to ourselves after ENGINE_DEATH_GRACE_S, so the "
+        "container's restart policy brings a fresh engine) or stay up answering 503",
+    )
+    engine_death_grace_s: float = Field(3.0, ge=0, description="time to answer in-flight requests 503 before exiting")
     num_workers: int = Field(2, ge=1, le=256, description="CPU workers for decoding, tiling and the CPU engine")
     cpu_engine_threads: int = Field(0, ge=0, description="ONNX threads per CPU-engine worker (0 = cores / NUM_WORKERS)")
 
@@ -46,7 +52,9 @@ class Settings(BaseSettings):
     crop_mode: bool = True
     min_crops: int = Field(2, ge=1)
     max_crops: int = Field(6, ge=1, le=64)
-    default_mode: Mode = "gundam"
+    default_mode: Mode | None = Field(
+        None, description="mode of requests that name none; unset: the mode BASE_SIZE/IMAGE_SIZE/CROP_MODE describe"
+    )
 
     # --- generation ---------------------------------------------------------------------
     max_tokens: int = Field(8192, ge=1)

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -21,7 +21,7 @@ from PIL import Image
 import metrics
 from config import Settings
 from errors import InputError
-from process.image_process import ResolutionMode, TilePlan
+from process.image_process import MODES, ResolutionMode, TilePlan, default_mode
 
 log = logging.getLogger("ocr.engine")
 
@@ -132,6 +132,8 @@ class OCREngine(ABC):
 
     name: str = "engine"
     tasks: frozenset[Task] = frozenset()
+    modes: dict[str, ResolutionMode] = MODES  # the resolution modes this engine's model runs
+    token_strategy: str = "v1"  # image-token layout: v1 DeepSeek-OCR, v2 DeepSeek-OCR-2
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -145,10 +147,26 @@ class OCREngine(ABC):
         self.completed = 0
         self.failed = 0
         self.busy_s = 0.0
+        self.on_death: Callable[[str], None] | None = None  # the app's policy (serve_ocr.death_policy)
+
+    def died(self, reason: str) -> None:
+        """The engine can no longer work (its process died): refuse new work with 503 and the reason,
+        and let the app's policy decide what happens to the process (exit so the container restarts)."""
+        if not self.ready and self.error == reason:
+            return
+        log.error("engine died: %s", reason)
+        self.ready = False
+        self.error = reason
+        if self.on_death:
+            self.on_death(reason)
 
     def capacity(self) -> int:
         """Requests this engine really runs at once (more wait for a slot)."""
         return self.settings.max_concurrency
+
+    def default_mode(self) -> str:
+        s = self.settings
+        return s.default_mode or default_mode(s.base_size, s.image_size, s.crop_mode, self.modes)
 
     @abstractmethod
     async def start(self) -> None: ...

@@ -116,7 +116,8 @@ async def status(request: Request) -> dict:
 
 
 @router.get("/info")
-async def info() -> dict:
+async def info(request: Request) -> dict:
+    engine = pipeline.engine_of(request)
     return {
         "endpoints": {
             "POST /ocr/image/advanced": "file | image_url | image_base64; prompt, mode, draw_boxes, crop_regions, "
@@ -126,7 +127,8 @@ async def info() -> dict:
         "prompts": PROMPTS,
         "modes": {
             k: {"base_size": m.base_size, "image_size": m.image_size, "crop_mode": m.crop_mode}
-            for k, m in MODES.items()
+            for k, m in engine.modes.items()
         },
+        "default_mode": engine.default_mode(),
         "box_format": "regions[].box_norm is [x1,y1,x2,y2] in 0-999 of the image; box_px is the same in pixels",
     }

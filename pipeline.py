@@ -117,6 +117,7 @@ def build_request(
     image: Image.Image,
     prompt: str | None,
     *,
+    engine: OCREngine | None = None,
     mode: str | None = None,
     max_tokens: int | None = None,
     temperature: float = 0.0,
@@ -125,8 +126,12 @@ def build_request(
     ignore_eos: bool = False,
 ) -> OCRRequest:
     spec = resolve_prompt(prompt, target)
-    m = get_mode(mode, settings.default_mode if settings.crop_mode else "base")
-    plan = plan_tiles(image.width, image.height, m, settings.min_crops, settings.max_crops)
+    if engine is not None:
+        m = get_mode(mode, engine.default_mode(), engine.modes)
+        strategy = engine.token_strategy
+    else:
+        m, strategy = get_mode(mode, settings.default_mode or "gundam"), "v1"
+    plan = plan_tiles(image.width, image.height, m, settings.min_crops, settings.max_crops, strategy)
     return OCRRequest(
         image=image,
         spec=spec,
@@ -163,7 +168,7 @@ async def cancel_on_disconnect(request: Request, work):
 def validate(engine: OCREngine, settings: Settings, prompt: str | None, mode: str | None, target: str | None) -> None:
     """Cheap checks before any decoding: the prompt, the mode, and whether this engine can answer."""
     spec = resolve_prompt(prompt, target)
-    get_mode(mode, settings.default_mode)
+    get_mode(mode, engine.default_mode(), engine.modes)
     if spec.task not in engine.tasks:
         raise engine.unsupported(spec.task)
 
@@ -199,7 +204,7 @@ async def ocr_page(
     page: int | None = None,
     **options,
 ) -> PageResult:
-    req = build_request(settings, image, prompt, **options)
+    req = build_request(settings, image, prompt, engine=engine, **options)
     t0 = time.perf_counter()
     res = await engine.generate(req)  # REQUEST_TIMEOUT_S bounds its running time
     res.timings.setdefault("engine_wall", round(time.perf_counter() - t0, 4))

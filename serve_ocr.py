@@ -11,7 +11,10 @@ import asyncio
 import importlib
 import json
 import logging
+import os
+import signal
 import traceback
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -71,6 +74,24 @@ def _unavailable_router(name: str, prefix: str, reason: str) -> APIRouter:
     return r
 
 
+def death_policy(settings: Settings, pid: int | None = None) -> Callable[[str], None]:
+    """What happens when the engine's process dies: ENGINE_DEATH=exit sends SIGTERM to this process after a
+    short grace (in-flight requests get their 503, uvicorn drains and exits with a non-zero status, the
+    container's restart policy starts a fresh engine); `stay` keeps answering 503 with the reason."""
+
+    def on_death(reason: str) -> None:
+        if settings.engine_death != "exit":
+            return
+        target = pid or os.getpid()
+        log.error("engine died (%s): exiting in %.1f s (ENGINE_DEATH=exit)", reason, settings.engine_death_grace_s)
+        try:
+            asyncio.get_running_loop().call_later(settings.engine_death_grace_s, os.kill, target, signal.SIGTERM)
+        except RuntimeError:  # no loop in this thread
+            os.kill(target, signal.SIGTERM)
+
+    return on_death
+
+
 def mount_routers(app: FastAPI, routers: dict[str, str]) -> None:
     app.state.router_status = {}
     for name, module_name in routers.items():
@@ -97,6 +118,7 @@ def create_app(settings: Settings | None = None, routers: dict[str, str] | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine = build_engine(settings)
+        engine.on_death = death_policy(settings)
         app.state.engine = engine
         app.state.renderer = Renderer(settings.num_workers)
         app.state.engine_task = asyncio.create_task(engine.start())  # /health answers while it loads
@@ -225,7 +247,7 @@ async def _stream(request: Request, data: bytes, prompt: str | None, options: di
     settings = pipeline.settings_of(request)
     pipeline.validate(engine, settings, prompt, options.get("mode"), options.get("target"))
     image, _ = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
-    req = pipeline.build_request(settings, image, prompt, **options)
+    req = pipeline.build_request(settings, image, prompt, engine=engine, **options)
 
     async def events():
         try:

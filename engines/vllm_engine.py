@@ -1,27 +1,35 @@
 """The GPU engine: vLLM's native DeepSeek-OCR / DeepSeek-OCR-2, ONE AsyncLLM for the whole app.
 
-- Input processing (tiling, normalisation, tokenising: vLLM's DeepSeek-OCR processor) runs in a thread
-  pool ahead of the engine, never on the event loop, so the GPU is not starved by serial preprocessing.
+- Every resolution mode, per request: `mm_processor_kwargs` reach vLLM's processor and the mode-aware
+  model classes of engines/vllm_modes.py (a vLLM plugin) count the placeholders to match.
+- Input processing goes through vLLM's renderer (`render_cmpl_async`: tiling, tensors, tokens in the
+  renderer's thread pool of NUM_WORKERS threads), never on the event loop.
 - The repetition guard is the batched GPU version (process/ngram_norepeat.py), same semantics and
   extra_args as vLLM's NGramPerReqLogitsProcessor (NGRAM_IMPL=vllm selects vLLM's own).
-- A cancelled request (client gone) is aborted in the engine.
+- A cancelled request (client gone) is aborted in the engine. If vLLM's engine-core process dies, every
+  request gets 503 with the reason, /ready turns 503, and the app's ENGINE_DEATH policy runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from config import Settings
-from deepseek_ocr import OCREngine, OCRRequest, OCRResult, Task
-from process.image_process import MODES, ResolutionMode
+from deepseek_ocr import EngineUnavailable, OCREngine, OCRRequest, OCRResult, Task
+from errors import InputError
+from process.image_process import MODES, OCR2_MODES, ResolutionMode
 
 log = logging.getLogger("ocr.vllm")
 FAMILIES = {"DeepseekOCRForCausalLM": "DeepSeek-OCR", "DeepseekOCR2ForCausalLM": "DeepSeek-OCR-2"}
+FAMILY_MODES = {"DeepSeek-OCR": (MODES, "v1"), "DeepSeek-OCR-2": (OCR2_MODES, "v2")}
+MOE_CONFIGS = Path(__file__).with_name("moe_configs")  # tuned fused-MoE kernel configs, one JSON per GPU
 
 
 def engine_args(settings: Settings, logits_processor: object) -> dict:
@@ -36,9 +44,12 @@ def engine_args(settings: Settings, logits_processor: object) -> dict:
         "data_parallel_size": settings.data_parallel_size,
         "enable_prefix_caching": False,  # every page is a new image: nothing to reuse
         "mm_processor_cache_gb": settings.mm_cache_gb,
+        # The renderer's thread pool runs input processing; vLLM allows >1 only without the mm cache.
+        "renderer_num_workers": settings.num_workers if settings.mm_cache_gb == 0 else 1,
         "kv_cache_dtype": settings.kv_cache_dtype,
         "logits_processors": [logits_processor],
         "enforce_eager": settings.enforce_eager,
+        "disable_log_stats": False,  # KV-cache and queue gauges reach /metrics
     }
 
 
@@ -59,12 +70,23 @@ def sampling_kwargs(req: OCRRequest) -> dict:
     return kw
 
 
-def mm_kwargs(mode: ResolutionMode) -> dict | None:
-    """Processor overrides a resolution mode would need; None for vLLM's built-in Gundam mode (the only
-    one vLLM 0.26 runs: requests that would need overrides are refused in _submit)."""
-    if mode == MODES["gundam"]:
-        return None
+def mm_kwargs(mode: ResolutionMode) -> dict:
+    """The processor arguments of a resolution mode (vLLM's `mm_processor_kwargs`)."""
     return {"base_size": mode.base_size, "image_size": mode.image_size, "crop_mode": mode.crop_mode}
+
+
+def engine_prompt(req: OCRRequest) -> dict:
+    """The prompt vLLM's renderer takes for one page."""
+    return {
+        "prompt": req.spec.prompt,
+        "multi_modal_data": {"image": req.image},
+        "mm_processor_kwargs": mm_kwargs(req.mode),
+    }
+
+
+def tuned_moe_folder(folder: Path = MOE_CONFIGS) -> str | None:
+    """The folder of tuned MoE configs to hand vLLM (VLLM_TUNED_CONFIG_FOLDER), if it holds any."""
+    return str(folder) if folder.is_dir() and any(folder.glob("E=*.json")) else None
 
 
 class VLLMEngine(OCREngine):
@@ -76,7 +98,7 @@ class VLLMEngine(OCREngine):
         self.llm = None
         self.family = "unknown"
         self.details: dict = {}
-        self._prep = ThreadPoolExecutor(max_workers=max(1, settings.num_workers), thread_name_prefix="vllm-prep")
+        self._watch: asyncio.Task | None = None
 
     async def start(self) -> None:
         t0 = time.perf_counter()
@@ -89,6 +111,7 @@ class VLLMEngine(OCREngine):
         cfg = self.llm.vllm_config
         arch = (getattr(cfg.model_config.hf_config, "architectures", None) or ["?"])[0]
         self.family = FAMILIES.get(arch, arch)
+        self.modes, self.token_strategy = FAMILY_MODES.get(self.family, (MODES, "v1"))
         cache = cfg.cache_config
         self.details = {
             "family": self.family,
@@ -100,66 +123,79 @@ class VLLMEngine(OCREngine):
             "max_num_seqs": cfg.scheduler_config.max_num_seqs,
             "load_format": self.settings.load_format,
             "ngram_impl": self.settings.ngram_impl,
-            "modes": "gundam only (vLLM 0.26's processor)",
+            "modes": list(self.modes),
+            "default_mode": self.default_mode(),
+            "tuned_moe_configs": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"),
             "start_seconds": round(time.perf_counter() - t0, 1),
         }
         self.ready = True
+        self._watch = asyncio.create_task(self._watch_engine())
         log.info("vLLM engine ready: %s", self.details)
 
     def _build(self):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from engines import vllm_modes
+
+        vllm_modes.register()  # also a vllm.general_plugins entry point (vllm_plugin/), for spawned processes
+        if folder := tuned_moe_folder():
+            os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", folder)
         if self.settings.ngram_impl == "vllm":
             from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor as proc
         else:
             from engines.vllm_ngram import BatchedNGramLogitsProcessor as proc
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(self.settings, proc)))
 
+    async def _watch_engine(self) -> None:
+        """vLLM's engine-core process can die between requests too: notice within a second."""
+        while self.llm is not None and not self.llm.errored:
+            await asyncio.sleep(1.0)
+        if self.llm is not None:
+            self.died("vLLM's engine-core process died (EngineDeadError); see the log above")
+
     async def stop(self) -> None:
         await super().stop()
+        if self._watch:
+            self._watch.cancel()
         if self.llm is not None:
-            self.llm.shutdown()
-        self._prep.shutdown(wait=False, cancel_futures=True)
+            llm, self.llm = self.llm, None
+            with contextlib.suppress(Exception):
+                llm.shutdown()
 
     def info(self) -> dict:
         return {**super().info(), **self.details}
 
-    def _prepare(self, req: OCRRequest, request_id: str, params):
-        """vLLM's input processing (tiling, tensors, tokens) for one page: runs in a worker thread."""
-        prompt = {"prompt": req.spec.prompt, "multi_modal_data": {"image": req.image}}
-        return self.llm.input_processor.process_inputs(
-            request_id, prompt, params, supported_tasks=self._supported_tasks
-        )
+    def _dead(self, e: BaseException) -> EngineUnavailable:
+        self.died(f"vLLM's engine-core process died: {type(e).__name__}: {e}")
+        return EngineUnavailable(f"the vllm engine is not available: {self.error}")
 
     async def _submit(self, req: OCRRequest, output_kind):
         from vllm import SamplingParams
+        from vllm.v1.engine.exceptions import EngineDeadError
 
-        if mm_kwargs(req.mode) is not None:
-            from errors import InputError
-
-            # vLLM 0.26's DeepSeek-OCR processor counts image placeholders with its built-in Gundam sizes;
-            # other sizes fail inside vLLM (placeholder mismatch), so refuse them up front.
-            raise InputError(
-                422, "mode_not_supported", f"the vllm engine runs gundam mode only, not {req.mode.name}",
-                accepted=["gundam"],
-            )  # fmt: skip
-
+        if self.llm is None or self.llm.errored:
+            raise self._dead(RuntimeError("engine stopped"))
         params = SamplingParams(**sampling_kwargs(req), output_kind=output_kind)
-        request_id = req.request_id or uuid.uuid4().hex
-        if not hasattr(self, "_supported_tasks"):
-            self._supported_tasks = await self.llm.get_supported_tasks()
         t0 = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
-            prepared = await loop.run_in_executor(self._prep, self._prepare, req, request_id, params)
+            (engine_input,) = await self.llm.renderer.render_cmpl_async([engine_prompt(req)])
+        except EngineDeadError as e:
+            raise self._dead(e) from e
         except ValueError as e:  # vLLM's own validation (prompt too long for max_model_len, ...)
-            from errors import InputError
-
             raise InputError(422, "engine_rejected", f"vLLM refused the request: {e}") from e
         prep_s = time.perf_counter() - t0
-        stream = self.llm.generate(prepared, params, prepared.request_id, prompt_text=req.spec.prompt)
+        stream = self.llm.generate(engine_input, params, req.request_id or uuid.uuid4().hex)
         return stream, prep_s
+
+    async def _outputs(self, stream) -> AsyncIterator:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            async for out in stream:  # cancelling the consumer aborts the request inside vLLM
+                yield out
+        except EngineDeadError as e:
+            raise self._dead(e) from e
 
     async def _run(self, req: OCRRequest) -> OCRResult:
         from vllm.sampling_params import RequestOutputKind
@@ -167,7 +203,7 @@ class VLLMEngine(OCREngine):
         stream, prep_s = await self._submit(req, RequestOutputKind.FINAL_ONLY)
         t1 = time.perf_counter()
         final = None
-        async for out in stream:  # cancelling this task aborts the request inside vLLM
+        async for out in self._outputs(stream):
             final = out
         assert final is not None
         o = final.outputs[0]
@@ -186,6 +222,6 @@ class VLLMEngine(OCREngine):
             await self.generate(req)  # raises the not-ready error
         async with self._slots:
             stream, _ = await self._submit(req, RequestOutputKind.DELTA)
-            async for out in stream:
+            async for out in self._outputs(stream):
                 if out.outputs and out.outputs[0].text:
                     yield out.outputs[0].text

@@ -29,21 +29,42 @@ class ResolutionMode:
     crop_mode: bool
 
 
-# The official modes (DeepSeek-OCR-vllm/config.py).
+# The official modes of DeepSeek-OCR (DeepSeek-OCR-vllm/config.py); Gundam-M = 1024-px tiles + 1280 global view.
 MODES: dict[str, ResolutionMode] = {
     "tiny": ResolutionMode("tiny", 512, 512, False),
     "small": ResolutionMode("small", 640, 640, False),
     "base": ResolutionMode("base", 1024, 1024, False),
     "large": ResolutionMode("large", 1280, 1280, False),
     "gundam": ResolutionMode("gundam", 1024, 640, True),
+    "gundam_m": ResolutionMode("gundam_m", 1280, 1024, True),
+}
+# DeepSeek-OCR-2: a 1024 global view plus 0-6 tiles of 768 px (crop mode on or off).
+OCR2_MODES: dict[str, ResolutionMode] = {
+    "gundam": ResolutionMode("gundam", 1024, 768, True),
+    "base": ResolutionMode("base", 1024, 768, False),
 }
 
 
-def get_mode(name: str | None, default: str = "gundam") -> ResolutionMode:
-    key = (name or default).strip().lower()
-    if key not in MODES:
-        raise InputError(422, "bad_mode", f"unknown resolution mode {name!r}", accepted=list(MODES))
-    return MODES[key]
+def get_mode(name: str | None, default: str = "gundam", modes: dict[str, ResolutionMode] = MODES) -> ResolutionMode:
+    key = (name or default).strip().lower().replace("-", "_")
+    if key in modes:
+        return modes[key]
+    if key in MODES:
+        raise InputError(
+            422, "mode_not_supported", f"this model does not run the {key} mode", accepted=list(modes)
+        )  # fmt: skip
+    raise InputError(422, "bad_mode", f"unknown resolution mode {name!r}", accepted=list(modes))
+
+
+def default_mode(base_size: int, image_size: int, crop_mode: bool, modes: dict[str, ResolutionMode] = MODES) -> str:
+    """The mode that BASE_SIZE / IMAGE_SIZE / CROP_MODE describe, as the official scripts set them (else gundam)."""
+    for name, m in modes.items():
+        if (m.base_size, m.image_size, m.crop_mode) == (base_size, image_size, crop_mode):
+            return name
+    for name, m in modes.items():  # CROP_MODE=false with a base size: the fixed-size mode of that size
+        if not crop_mode and not m.crop_mode and m.base_size == base_size:
+            return name
+    return "gundam"
 
 
 @dataclass(frozen=True)
@@ -82,17 +103,22 @@ def closest_ratio(width: int, height: int, image_size: int, min_num: int = 2, ma
     return best
 
 
-def plan_tiles(width: int, height: int, mode: ResolutionMode, min_crops: int = 2, max_crops: int = 6) -> TilePlan:
-    if mode.crop_mode and (width > 640 or height > 640):
+def plan_tiles(
+    width: int, height: int, mode: ResolutionMode, min_crops: int = 2, max_crops: int = 6, strategy: str = "v1"
+) -> TilePlan:
+    """Tiles and image tokens of one image. strategy v1 = DeepSeek-OCR (a newline token per row of the
+    global view and of the tile grid), v2 = DeepSeek-OCR-2 (no newline tokens)."""
+    if mode.crop_mode and (width > mode.image_size or height > mode.image_size):
         tw, th = closest_ratio(width, height, mode.image_size, min_crops, max_crops)
     else:
         tw, th = 1, 1
     q_base = math.ceil(mode.base_size // PATCH_SIZE / DOWNSAMPLE_RATIO)
     q_tile = math.ceil(mode.image_size // PATCH_SIZE / DOWNSAMPLE_RATIO)
-    image_tokens = (q_base + 1) * q_base + 1
+    newline = 1 if strategy == "v1" else 0
+    image_tokens = (q_base + newline) * q_base + 1
     vision_tokens = q_base * q_base
     if tw > 1 or th > 1:
-        image_tokens += (q_tile * tw + 1) * (q_tile * th)
+        image_tokens += (q_tile * tw + newline) * (q_tile * th)
         vision_tokens += tw * th * q_tile * q_tile
     return TilePlan(mode.name, tw, th, image_tokens, vision_tokens)
 

@@ -6,7 +6,15 @@ import pytest
 from conftest import BROKEN, BROKEN_CASES, DOCLING
 
 from errors import InputError
-from process.image_process import MODES, get_mode, load_image, plan_tiles, tile_boxes
+from process.image_process import (
+    MODES,
+    OCR2_MODES,
+    default_mode,
+    get_mode,
+    load_image,
+    plan_tiles,
+    tile_boxes,
+)
 
 
 @pytest.mark.parametrize(
@@ -23,6 +31,9 @@ from process.image_process import MODES, get_mode, load_image, plan_tiles, tile_
         ("small", (1240, 1754), (1, 1), 10 * 11 + 1, 100),
         ("base", (1240, 1754), (1, 1), 16 * 17 + 1, 256),
         ("large", (1240, 1754), (1, 1), 20 * 21 + 1, 400),
+        # Gundam-M: 1024-px tiles + a 1280 global view: 20 x 21 + 1 global, (16 x 2 + 1) x 48 tiles.
+        ("gundam_m", (1240, 1754), (2, 3), 20 * 21 + 1 + 33 * 48, 400 + 6 * 256),
+        ("gundam_m", (900, 700), (1, 1), 20 * 21 + 1, 400),  # fits in one 1024 tile: global view only
     ],
 )
 def test_tile_plan_matches_vllm_processor(mode, size, grid, image_tokens, vision_tokens):
@@ -30,6 +41,37 @@ def test_tile_plan_matches_vllm_processor(mode, size, grid, image_tokens, vision
     assert (plan.tiles_w, plan.tiles_h) == grid
     assert plan.image_tokens == image_tokens
     assert plan.vision_tokens == vision_tokens
+
+
+def test_ocr2_plan_has_no_newline_tokens():
+    # DeepSeek-OCR-2 (strategy v2): 16 x 16 global + 1 separator, 768-px tiles of 12 x 12 queries each.
+    plan = plan_tiles(1240, 1754, OCR2_MODES["gundam"], strategy="v2")
+    assert (plan.tiles_w, plan.tiles_h) == (2, 3)
+    assert plan.image_tokens == 256 + 1 + (12 * 2) * (12 * 3)
+    assert plan_tiles(1240, 1754, OCR2_MODES["base"], strategy="v2").image_tokens == 257
+
+
+@pytest.mark.parametrize(
+    ("base", "image", "crop", "mode"),
+    [
+        (1024, 640, True, "gundam"),
+        (512, 512, False, "tiny"),
+        (1280, 1280, False, "large"),
+        (1280, 1024, True, "gundam_m"),
+        (1024, 640, False, "base"),
+        (640, 640, False, "small"),
+    ],
+)
+def test_default_mode_follows_the_official_settings(base, image, crop, mode):
+    assert default_mode(base, image, crop) == mode
+
+
+def test_a_mode_the_model_lacks_is_a_422_naming_what_it_runs():
+    with pytest.raises(InputError) as e:
+        get_mode("tiny", modes=OCR2_MODES)
+    assert e.value.status == 422 and e.value.code == "mode_not_supported"
+    assert e.value.accepted == ["gundam", "base"]
+    assert get_mode("Gundam-M") is MODES["gundam_m"]
 
 
 def test_tile_boxes_cover_the_image_exactly():

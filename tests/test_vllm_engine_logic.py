@@ -8,9 +8,19 @@ from PIL import Image
 
 from config import Settings
 from deepseek_ocr import Task, resolve_prompt
-from engines.vllm_engine import FAMILIES, VLLMEngine, engine_args, mm_kwargs, sampling_kwargs
+from engines.vllm_engine import (
+    FAMILIES,
+    FAMILY_MODES,
+    VLLMEngine,
+    engine_args,
+    engine_prompt,
+    mm_kwargs,
+    sampling_kwargs,
+    tuned_moe_folder,
+)
+from errors import InputError
 from pipeline import build_request
-from process.image_process import MODES
+from process.image_process import MODES, OCR2_MODES
 
 
 def test_engine_args_follow_settings():
@@ -22,6 +32,8 @@ def test_engine_args_follow_settings():
     assert (
         kw["enable_prefix_caching"] is False and kw["logits_processors"] == ["proc"] and kw["kv_cache_dtype"] == "fp8"
     )
+    assert kw["renderer_num_workers"] == s.num_workers  # input processing in NUM_WORKERS renderer threads
+    assert engine_args(Settings(_env_file=None, mm_cache_gb=4), "p")["renderer_num_workers"] == 1  # vLLM's rule
 
 
 def test_sampling_params_keep_grounding_and_guard():
@@ -34,9 +46,42 @@ def test_sampling_params_keep_grounding_and_guard():
     assert "extra_args" not in sampling_kwargs(off)
 
 
-def test_only_gundam_goes_to_vllm_natively():
-    assert mm_kwargs(MODES["gundam"]) is None
+def test_every_mode_reaches_vllms_processor_as_mm_processor_kwargs():
+    assert mm_kwargs(MODES["gundam"]) == {"base_size": 1024, "image_size": 640, "crop_mode": True}
     assert mm_kwargs(MODES["tiny"]) == {"base_size": 512, "image_size": 512, "crop_mode": False}
+    assert mm_kwargs(MODES["gundam_m"]) == {"base_size": 1280, "image_size": 1024, "crop_mode": True}
+    s = Settings(_env_file=None)
+    req = build_request(s, Image.new("RGB", (1240, 1754), "white"), "document", mode="large")
+    prompt = engine_prompt(req)
+    assert prompt["mm_processor_kwargs"] == {"base_size": 1280, "image_size": 1280, "crop_mode": False}
+    assert prompt["prompt"].startswith("<image>\n") and prompt["multi_modal_data"]["image"] is req.image
+
+
+def test_ocr2_runs_its_own_modes_and_token_layout():
+    engine = VLLMEngine(Settings(_env_file=None, engine="vllm"))
+    engine.modes, engine.token_strategy = FAMILY_MODES["DeepSeek-OCR-2"]
+    req = build_request(Settings(_env_file=None), Image.new("RGB", (1240, 1754)), "document", engine=engine)
+    assert req.mode is OCR2_MODES["gundam"] and req.plan.image_tokens == 256 + 1 + 24 * 36
+    try:
+        build_request(Settings(_env_file=None), Image.new("RGB", (64, 64)), "free", engine=engine, mode="tiny")
+    except InputError as e:
+        assert e.status == 422 and e.accepted == ["gundam", "base"]
+    else:
+        raise AssertionError("tiny must be refused for DeepSeek-OCR-2")
+
+
+def test_base_size_image_size_crop_mode_set_the_default_mode():
+    engine = VLLMEngine(Settings(_env_file=None, engine="vllm", base_size=512, image_size=512, crop_mode=False))
+    assert engine.default_mode() == "tiny"
+    req = build_request(engine.settings, Image.new("RGB", (1240, 1754)), "free", engine=engine)
+    assert req.mode is MODES["tiny"] and req.plan.image_tokens == 8 * 9 + 1
+    assert VLLMEngine(Settings(_env_file=None, default_mode="large")).default_mode() == "large"
+
+
+def test_tuned_moe_configs_are_used_only_when_present(tmp_path):
+    assert tuned_moe_folder(tmp_path) is None
+    (tmp_path / "E=64,N=896,device_name=NVIDIA_H100_80GB_HBM3.json").write_text("{}")
+    assert tuned_moe_folder(tmp_path) == str(tmp_path)
 
 
 def test_vllm_engine_answers_every_prompt_kind_and_names_families():

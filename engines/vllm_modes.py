@@ -1,0 +1,115 @@
+"""Every DeepSeek-OCR resolution mode on vLLM, per request, through vLLM's out-of-tree model registry.
+
+vLLM 0.26's DeepSeek-OCR processor already builds the pixel tensors at the size a request asks for
+(`mm_processor_kwargs` = {"base_size", "image_size", "crop_mode"} reach the HF processor), and the vision
+encoders take any of those sizes with the same weights. Only the placeholder count is computed from the
+built-in Gundam constants, so any other size fails with a placeholder mismatch. The subclasses here count
+placeholders with the arguments the request's processor used (the same arithmetic as
+process/image_process.plan_tiles), and `register()` maps vLLM's DeepSeek-OCR architectures to them.
+
+`register()` is a vLLM general plugin: the package in vllm_plugin/ declares it as a `vllm.general_plugins`
+entry point, so `vllm serve` (every API-server and engine-core process) loads it; the in-process engine
+calls it directly before building the engine. Importing this module needs vLLM (GPU machines only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from vllm import ModelRegistry
+from vllm.model_executor.models.deepseek_ocr import (
+    DeepseekOCRDummyInputsBuilder,
+    DeepseekOCRForCausalLM,
+    DeepseekOCRMultiModalProcessor,
+    DeepseekOCRProcessingInfo,
+)
+from vllm.model_executor.models.deepseek_ocr2 import (
+    DeepseekOCR2DummyInputsBuilder,
+    DeepseekOCR2ForCausalLM,
+    DeepseekOCR2MultiModalProcessor,
+    DeepseekOCR2ProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
+from vllm.multimodal.processing import PromptReplacement, PromptUpdate
+from vllm.transformers_utils.processors.deepseek_ocr import CROP_MODE, MIN_CROPS, count_tiles
+
+PATCH_SIZE = 16
+DOWNSAMPLE_RATIO = 4
+
+
+def image_token_count(
+    width: int, height: int, *, base_size: int, image_size: int, cropping: bool, max_crops: int, strategy: str
+) -> int:
+    """Image tokens DeepseekOCRProcessor.tokenize_with_images emits for one image (v1: DeepSeek-OCR,
+    v2: DeepSeek-OCR-2). Must equal the processor's own expansion, or vLLM reports a placeholder mismatch."""
+    if cropping and (width > image_size or height > image_size):
+        tiles_w, tiles_h = count_tiles(width, height, MIN_CROPS, max_crops, image_size=image_size)
+    else:
+        tiles_w, tiles_h = 1, 1
+    q_base = math.ceil(base_size // PATCH_SIZE / DOWNSAMPLE_RATIO)
+    q_tile = math.ceil(image_size // PATCH_SIZE / DOWNSAMPLE_RATIO)
+    tokens = (q_base * (q_base + 1) if strategy == "v1" else q_base * q_base) + 1
+    if tiles_w > 1 or tiles_h > 1:
+        row = q_tile * tiles_w + 1 if strategy == "v1" else q_tile * tiles_w
+        tokens += row * q_tile * tiles_h
+    return tokens
+
+
+class _ModeAwareUpdates:
+    """Mixin for the multimodal processors: placeholders sized by the request's processor arguments."""
+
+    def _get_prompt_updates(
+        self, mm_items, hf_processor_mm_kwargs: Mapping[str, object], out_mm_kwargs
+    ) -> Sequence[PromptUpdate]:
+        hf_processor = self.info.get_hf_processor(**hf_processor_mm_kwargs)  # type: ignore[attr-defined]
+        image_token_id = hf_processor.image_token_id
+        cropping = bool(hf_processor_mm_kwargs.get("crop_mode", CROP_MODE))
+
+        def replacement(item_idx: int) -> list[int]:
+            images = mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
+            if isinstance(images, ImageEmbeddingItems):
+                return [image_token_id] * images.get_feature_size(item_idx)
+            size = images.get_image_size(item_idx)
+            count = image_token_count(
+                size.width, size.height, base_size=hf_processor.base_size, image_size=hf_processor.image_size,
+                cropping=cropping, max_crops=hf_processor.max_crops, strategy=hf_processor.strategy,
+            )  # fmt: skip
+            return [image_token_id] * count
+
+        return [PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)]
+
+
+class ModeAwareOCRProcessor(_ModeAwareUpdates, DeepseekOCRMultiModalProcessor):
+    pass
+
+
+class ModeAwareOCR2Processor(_ModeAwareUpdates, DeepseekOCR2MultiModalProcessor):
+    pass
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    ModeAwareOCRProcessor, info=DeepseekOCRProcessingInfo, dummy_inputs=DeepseekOCRDummyInputsBuilder
+)
+class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
+    """vLLM's DeepSeek-OCR with every resolution mode (the encoder CUDA graph, off by default, stays Gundam-only)."""
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    ModeAwareOCR2Processor, info=DeepseekOCR2ProcessingInfo, dummy_inputs=DeepseekOCR2DummyInputsBuilder
+)
+class DeepseekOCR2ModesForCausalLM(DeepseekOCR2ForCausalLM):
+    """vLLM's DeepSeek-OCR-2 with crop mode on or off per request."""
+
+
+ARCHITECTURES = {
+    "DeepseekOCRForCausalLM": DeepseekOCRModesForCausalLM,
+    "DeepseekOCR2ForCausalLM": DeepseekOCR2ModesForCausalLM,
+}
+
+
+def register() -> None:
+    """vLLM general-plugin entry point: DeepSeek-OCR architectures resolve to the mode-aware classes."""
+    for arch, cls in ARCHITECTURES.items():
+        ModelRegistry.register_model(arch, f"{__name__}:{cls.__name__}")
