@@ -87,19 +87,28 @@ class DistributedJobManager(JobManager):
         self.store.close()
 
     async def _run_worker(self, redis_settings: RedisSettings) -> None:
-        while not self.engine.ready:  # take pages only once this replica's engine can run them
-            if self.engine.error:
-                log.error("no job worker on this replica: the engine failed (%s)", self.engine.error)
+        """This replica's arq worker, while its engine can work: started once the engine is ready, closed
+        (handing its tasks back) if the engine dies, started again after losing Redis."""
+        while True:
+            while not self.engine.ready:
+                if self.engine.error:
+                    log.error("this replica takes no job tasks: the engine failed (%s)", self.engine.error)
+                    return
+                await asyncio.sleep(0.2)
+            self.worker = worker = self._worker(redis_settings)
+            run = asyncio.create_task(worker.async_run())
+            while not run.done() and self.engine.ready:
+                await asyncio.wait({run}, timeout=1)
+            if not run.done():  # the engine stopped under the worker
+                with contextlib.suppress(Exception):
+                    await worker.close()
+                await asyncio.wait({run})
+                continue
+            if run.cancelled() or run.exception() is None:
                 return
-            await asyncio.sleep(0.2)
-        while True:  # a worker that loses Redis stops; start another once Redis is back
-            self.worker = self._worker(redis_settings)
-            try:
-                await self.worker.async_run()
-                return
-            except Exception as e:
-                log.error("job worker stopped (%s: %s); starting again in 5 s", type(e).__name__, e)
-                await asyncio.sleep(5)
+            e = run.exception()
+            log.error("job worker stopped (%s: %s); starting again in 5 s", type(e).__name__, e)
+            await asyncio.sleep(5)
 
     def _worker(self, redis_settings: RedisSettings) -> Worker:
         timeout = self.settings.job_page_timeout_s + 5  # arq's own limit; ours (inside ocr_page) comes first

@@ -209,3 +209,25 @@ def test_redis_down_gives_503_not_500(tmp_path, scan_png):
         r = c.get("/jobs/nope")
         assert r.status_code == 503 and r.json()["error"]["code"] == "jobs_unavailable"
         assert "cannot reach Redis" in r.json()["error"]["message"]
+
+
+def test_a_replica_whose_engine_died_takes_no_tasks(redis_url, tmp_path, scan_png):
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path, job_backend="redis", redis_url=redis_url, redis_prefix="died",
+        engine_death="stay",
+    )  # fmt: skip
+    with make_client(settings) as c:
+        wait_ready(c)
+        jobs = c.app.state.jobs
+        deadline = time.time() + 30
+        while jobs.worker is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert jobs.worker is not None
+        c.app.state.engine.died("the engine's process exited")
+        while not jobs._tasks[0].done() and time.time() < deadline:  # its worker closes
+            time.sleep(0.1)
+        assert jobs._tasks[0].done()
+        r = c.post("/jobs", files=[("files", ("s.png", scan_png))])
+        assert r.status_code == 202, r.text  # still accepted: a replica with an engine will run it
+        time.sleep(2)
+        assert c.get(f"/jobs/{r.json()['job_id']}").json()["state"] == "queued"
