@@ -8,6 +8,8 @@ Folder of one document (`stem` = sanitised file name):
     {stem}_layouts.pdf     every page with its labelled boxes (img2pdf), when asked for
     result.json            the manifest entry: name, kind, pages, per-page results
 Pages render in worker processes and at most `window` pages are in memory at once.
+process_document = plan_document, then process_page for each page, then finish_document; the Redis job
+backend (jobs/distributed.py) runs the three steps as separate tasks on any replica.
 """
 
 from __future__ import annotations
