@@ -12,6 +12,9 @@ RUN pip install -r requirements-gpu.txt
 
 # The code is also mounted over /app by docker-compose: edit it, then `docker restart`.
 COPY . /app
+# vLLM plugin (an entry point only): every resolution mode, also in `vllm serve` started from this image.
+RUN pip install --no-deps ./vllm_plugin
+ENV PYTHONPATH=/app
 
 ENV MODEL_PATH=/models/deepseek-ocr ENGINE=auto DATA_DIR=/data
 EXPOSE 8000

@@ -21,8 +21,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
     # --- engine -------------------------------------------------------------------------
-    engine: Literal["auto", "vllm", "cpu"] = Field(
-        "auto", description="auto: vLLM when CUDA, vllm and the weights are all there, else the CPU engine"
+    engine: Literal["auto", "vllm", "cpu", "remote"] = Field(
+        "auto",
+        description="auto: vLLM when CUDA, vllm and the weights are all there, else the CPU engine; "
+        "remote: OpenAI-compatible servers at REMOTE_URLS",
     )
     model_path: str = Field("deepseek-ai/DeepSeek-OCR", description="local folder or hub id of the weights")
     load_format: str = Field("auto", description="vLLM load format; 'dummy' = random weights (tests)")
@@ -37,6 +39,11 @@ class Settings(BaseSettings):
     mm_cache_gb: float = Field(0.0, ge=0, description="vLLM multimodal processor cache (0: every page is new)")
     kv_cache_dtype: str = Field("auto", description="vLLM KV cache dtype, e.g. fp8")
     enforce_eager: bool = Field(False, description="vLLM without CUDA graphs (faster start, slower decode)")
+    preprocess_processes: int = Field(
+        -1, ge=-1, le=64,
+        description="vLLM input processing in this many worker processes (-1: half the CPU cores, at most 8, "
+        "none below 4 cores; 0: in the API process's renderer threads)",
+    )  # fmt: skip
     engine_death: Literal["exit", "stay"] = Field(
         "exit",
         description="when the engine's process dies: exit (SIGTERM to ourselves after ENGINE_DEATH_GRACE_S, so the "
@@ -88,6 +95,17 @@ class Settings(BaseSettings):
     result_ttl_s: float = Field(86400.0, gt=0, description="finished jobs and their results are deleted after this")
     log_level: str = "INFO"
 
+    # --- remote engine (ENGINE=remote): pages go to OpenAI-compatible DeepSeek-OCR servers -------
+    # Operator configuration, not user input: these URLs do not go through the image_url SSRF rules.
+    remote_urls: Annotated[list[str], NoDecode] = Field(
+        default=[], description="base URLs of `vllm serve` or of this service (comma-separated; a /v1 suffix is fine)"
+    )
+    remote_concurrency: int = Field(64, ge=1, le=4096, description="requests in flight per backend")
+    remote_health_interval_s: float = Field(5.0, gt=0, description="seconds between GET /v1/models checks")
+    remote_connect_timeout_s: float = Field(5.0, gt=0, description="connect timeout; also the health-check timeout")
+    remote_api_key: str | None = Field(None, description="sent to every backend as Authorization: Bearer")
+    remote_image_format: Literal["png", "jpeg"] = Field("png", description="how pages travel to the backend")
+
     # --- jobs across replicas (JOB_BACKEND=redis: jobs/redis_store.py, jobs/distributed.py) ---------
     job_backend: Literal["sqlite", "redis"] = Field(
         "sqlite", description="sqlite: jobs of this replica; redis: jobs shared by replicas on one DATA_DIR volume"
@@ -115,6 +133,18 @@ class Settings(BaseSettings):
     @classmethod
     def _split_keys(cls, v: object) -> object:
         return [x for x in v.replace(",", " ").split()] if isinstance(v, str) else v
+
+    @field_validator("remote_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, v: object) -> object:
+        urls = v.replace(",", " ").split() if isinstance(v, str) else v
+        out = []
+        for url in urls or []:  # type: ignore[union-attr]
+            url = str(url).strip().rstrip("/").removesuffix("/v1").rstrip("/")
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"REMOTE_URLS: {url!r} is not an http(s) URL")
+            out.append(url)
+        return out
 
     @field_validator("url_allow_networks", mode="before")
     @classmethod

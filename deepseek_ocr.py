@@ -227,10 +227,18 @@ class OCREngine(ABC):
         res.timings["total"] = round(time.perf_counter() - t0, 4)
         return res
 
-    async def stream(self, req: OCRRequest) -> AsyncIterator[str]:
-        """Text as it is produced. Engines that cannot stream yield the whole text once."""
+    async def stream_result(self, req: OCRRequest) -> AsyncIterator[str | OCRResult]:
+        """Text deltas as they are produced, then the final OCRResult (token counts, finish reason).
+        Engines that cannot stream yield the whole text once; engines that can override this."""
         res = await self.generate(req)
         yield res.text
+        yield res
+
+    async def stream(self, req: OCRRequest) -> AsyncIterator[str]:
+        """Text deltas only."""
+        async for item in self.stream_result(req):
+            if isinstance(item, str):
+                yield item
 
     def info(self) -> dict:
         return {

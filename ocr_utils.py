@@ -216,3 +216,8 @@ def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 90) -> byt
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def strip_special_tokens(raw: str) -> str:
+    """What vLLM's skip_special_tokens=True leaves of DeepSeek-OCR output: no grounding or end tokens."""
+    return _SPECIAL_RE.sub("", _EOS_RE.sub("", raw))

@@ -124,7 +124,11 @@ def build_request(
     target: str | None = None,
     tiling: bool = False,
     ignore_eos: bool = False,
+    ngram_size: int | None = None,
+    ngram_window: int | None = None,
+    ngram_whitelist: list[int] | None = None,
 ) -> OCRRequest:
+    """One engine request; the repetition guard's settings can be overridden per request (vllm_xargs)."""
     spec = resolve_prompt(prompt, target)
     if engine is not None:
         m = get_mode(mode, engine.default_mode(), engine.modes)
@@ -139,9 +143,9 @@ def build_request(
         plan=plan,
         max_tokens=min(max_tokens or settings.max_tokens, settings.max_tokens),
         temperature=temperature,
-        ngram_size=settings.ngram_size,
-        ngram_window=settings.ngram_window,
-        ngram_whitelist=tuple(settings.ngram_whitelist_token_ids),
+        ngram_size=settings.ngram_size if ngram_size is None else ngram_size,
+        ngram_window=ngram_window or settings.ngram_window,
+        ngram_whitelist=tuple(settings.ngram_whitelist_token_ids if ngram_whitelist is None else ngram_whitelist),
         tiling=tiling,
         ignore_eos=ignore_eos,
     )

@@ -35,7 +35,13 @@ from middleware import ApiKeys, BodyLimit, RequestContext, configure_logging, lo
 from process.image_process import MODES, load_image
 
 VERSION = "0.1.0"
-ROUTERS = {"ocr": "ocr_routes", "pdf": "pdf_routes", "batch": "batch_routes", "jobs": "job_routes"}
+ROUTERS = {
+    "ocr": "ocr_routes",
+    "pdf": "pdf_routes",
+    "batch": "batch_routes",
+    "jobs": "job_routes",
+    "v1": "openai_routes",  # OpenAI-compatible API, mounted at /v1
+}
 log = logging.getLogger("ocr.app")
 
 

@@ -1,10 +1,17 @@
-"""End-to-end GPU throughput: N concurrent HTTP requests through the service vs the naive LLM.generate loop.
+"""The service on the GPU, end to end over HTTP: one server start, then the phases asked for.
 
-Pages are the same synthetic A4 pages (1240x1754, text lines) as ../shared/gpu/bench_dummy.py, sent as PNG
-to POST /generate with the repetition guard on, ignore_eos and a fixed max_tokens, all at once. Prints
-pages/s and output tokens/s for the service; run bench_dummy.py in the same call for the baseline.
+Pages are synthetic A4 pages (1240x1754, text lines), like ../shared/gpu/bench_dummy.py, sent as PNG to
+POST /generate with the repetition guard on, ignore_eos and a fixed max_tokens. Phases (--phases):
+  modes       every mode x a tall, a wide and a square page: prompt tokens must equal our tile arithmetic
+              (usage.prompt_tokens - tiles.image_tokens is the same text-token count for every request)
+  mode_rates  pages/s per mode (--mode-pages pages at once, --out-tokens each)
+  burst       --pages pages at once in Gundam, --passes times: pages/s and the preprocessing wait p50/p90
+  soak        --soak-requests requests, --soak-concurrency at a time, 10% of clients leave early: status
+              counts, vLLM's running requests and KV-cache use afterwards, API-process RSS start/end
+  death       a burst, then vLLM's EngineCore process is killed: in-flight answers, /ready, process exit
+Prints one RESULT line (JSON) per measurement. Works on the CPU engine too (--engine cpu) for a dry run.
 
-    python bench/gpu_bench.py --model /tmp/dsocr --pages 256 --out-tokens 1000
+    python bench/gpu_bench.py --model /tmp/dsocr --phases modes,mode_rates,burst,soak,death
 """
 
 from __future__ import annotations
@@ -14,6 +21,10 @@ import asyncio
 import base64
 import io
 import json
+import os
+import random
+import re
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +32,8 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw
 from service import start_service, stop_service
+
+PROMPT = "<image>\n<|grounding|>Convert the document to markdown. "
 
 
 def synthetic_page(p: int, w: int = 1240, h: int = 1754) -> bytes:
@@ -33,42 +46,204 @@ def synthetic_page(p: int, w: int = 1240, h: int = 1754) -> bytes:
     return buf.getvalue()
 
 
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def result(**kw) -> None:
+    print("RESULT", json.dumps(kw), flush=True)
+
+
+def client(base: str, n: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
+    return httpx.AsyncClient(base_url=base, timeout=3600, limits=limits)
+
+
 async def send_all(base: str, bodies: list[dict]) -> tuple[float, list[dict]]:
-    limits = httpx.Limits(max_connections=len(bodies) + 8, max_keepalive_connections=len(bodies) + 8)
-    async with httpx.AsyncClient(base_url=base, timeout=3600, limits=limits) as c:
+    async with client(base, len(bodies)) as c:
         t0 = time.perf_counter()
         rs = await asyncio.gather(*(c.post("/generate", json=b) for b in bodies))
         dt = time.perf_counter() - t0
     bad = [r for r in rs if r.status_code != 200]
     if bad:
-        raise SystemExit(f"{len(bad)} failed: {bad[0].status_code} {bad[0].text[:300]}")
+        raise RuntimeError(f"{len(bad)} failed: {bad[0].status_code} {bad[0].text[:300]}")
     return dt, [r.json() for r in rs]
+
+
+def rate(kind: str, pages: int, dt: float, outs: list[dict], **extra) -> None:
+    prep = sorted(o["usage"]["timings"].get("preprocess", 0) for o in outs)
+    result(
+        kind=kind, pages=pages, seconds=round(dt, 2), pages_per_s=round(pages / dt, 3),
+        out_tok_per_s=round(sum(o["usage"]["output_tokens"] for o in outs) / dt, 1),
+        prompt_tokens_per_page=sum(o["usage"]["prompt_tokens"] for o in outs) // pages,
+        out_tokens_per_page=sum(o["usage"]["output_tokens"] for o in outs) // pages,
+        preprocess_p50_s=prep[len(prep) // 2], preprocess_p90_s=prep[int(len(prep) * 0.9)], **extra,
+    )  # fmt: skip
+
+
+def phase_modes(base: str, modes: list[str]) -> None:
+    pages = {"tall": synthetic_page(1), "wide": synthetic_page(2, 1754, 1240), "square": synthetic_page(3, 1400, 1400)}
+    rows, text_tokens = [], set()
+    with httpx.Client(base_url=base, timeout=600) as c:
+        for mode in modes:
+            for shape, png in pages.items():
+                body = {"prompt": "free", "image_base64": b64(png), "mode": mode, "max_tokens": 4}
+                r = c.post("/generate", json=body)
+                if r.status_code != 200:
+                    rows.append({"mode": mode, "page": shape, "status": r.status_code, "error": r.text[:200]})
+                    continue
+                o = r.json()
+                ours = o["tiles"]["image_tokens"]
+                text_tokens.add(o["usage"]["prompt_tokens"] - ours)
+                rows.append({"mode": mode, "page": shape, "tiles": f"{o['tiles']['tiles_w']}x{o['tiles']['tiles_h']}",
+                             "prompt_tokens": o["usage"]["prompt_tokens"], "image_tokens_ours": ours})  # fmt: skip
+    for row in rows:
+        print("MODE", json.dumps(row), flush=True)
+    ok = len(text_tokens) == 1 and all("error" not in r for r in rows)
+    result(kind="modes_token_check", ok=ok, requests=len(rows), text_tokens=sorted(text_tokens))
+
+
+def phase_mode_rates(base: str, modes: list[str], pages: int, out_tokens: int) -> None:
+    pngs = [b64(synthetic_page(p)) for p in range(pages)]
+    for mode in modes:
+        body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True, "mode": mode}
+        try:
+            dt, outs = asyncio.run(send_all(base, [{**body, "image_base64": b} for b in pngs]))
+            rate(f"mode-{mode}", pages, dt, outs, mode=mode)
+        except Exception as e:
+            result(kind=f"mode-{mode}", error=str(e)[:300])
+
+
+def phase_burst(base: str, pages: int, out_tokens: int, passes: int, label: str) -> None:
+    pngs = [b64(synthetic_page(p)) for p in range(pages)]
+    body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True, "mode": "gundam"}
+    for i in range(passes):
+        dt, outs = asyncio.run(send_all(base, [{**body, "image_base64": b} for b in pngs]))
+        rate(f"service-http-{label}", pages, dt, outs, pass_no=i)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def metric(base: str, name: str) -> float | None:
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    vals = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M)]
+    return sum(vals) if vals else None
+
+
+async def soak(base: str, n: int, conc: int, out_tokens: int, leave: float) -> dict:
+    pngs = [b64(synthetic_page(p, 620, 877)) for p in range(16)]
+    sem = asyncio.Semaphore(conc)
+    statuses: dict[str, int] = {}
+    rnd = random.Random(0)
+
+    async def one(c: httpx.AsyncClient, i: int) -> None:
+        body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True, "image_base64": pngs[i % 16]}
+        async with sem:
+            try:
+                if rnd.random() < leave:  # this client gives up early: the server must abort its work
+                    await asyncio.wait_for(c.post("/generate", json=body), timeout=rnd.uniform(0.05, 1.0))
+                    key = "left_late"
+                else:
+                    key = str((await c.post("/generate", json=body)).status_code)
+            except TimeoutError:
+                key = "left"
+            except httpx.HTTPError as e:
+                key = type(e).__name__
+            statuses[key] = statuses.get(key, 0) + 1
+
+    async with client(base, conc) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(c, i) for i in range(n)))
+        return {"statuses": statuses, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def phase_soak(base: str, pid: int, n: int, conc: int, out_tokens: int) -> None:
+    rss0 = rss_mb(pid)
+    out = asyncio.run(soak(base, n, conc, out_tokens, 0.10))
+    time.sleep(3)  # let aborts reach the engine
+    errors_5xx = sum(v for k, v in out["statuses"].items() if k.startswith("5") and k != "503")
+    result(
+        kind="soak", requests=n, concurrency=conc, out_tokens=out_tokens, **out, server_5xx_not_503=errors_5xx,
+        vllm_running_after=metric(base, "vllm:num_requests_running"),
+        vllm_waiting_after=metric(base, "vllm:num_requests_waiting"),
+        kv_cache_usage_after=metric(base, "vllm:kv_cache_usage_perc"),
+        api_rss_mb_start=round(rss0, 1), api_rss_mb_end=round(rss_mb(pid), 1),
+    )  # fmt: skip
+
+
+def engine_core_pids(server_pid: int) -> list[int]:
+    import psutil
+
+    procs = psutil.Process(server_pid).children(recursive=True)
+    return [p.pid for p in procs if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())]
+
+
+def phase_death(base: str, server, out_tokens: int) -> None:
+    pngs = [b64(synthetic_page(p)) for p in range(64)]
+    body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True}
+
+    async def burst() -> list:
+        async with client(base, 64) as c:
+            tasks = [asyncio.create_task(c.post("/generate", json={**body, "image_base64": b})) for b in pngs]
+            await asyncio.sleep(4)
+            pids = engine_core_pids(server.pid)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            t_kill = time.perf_counter()
+            rs = await asyncio.gather(*tasks, return_exceptions=True)
+            answered = time.perf_counter() - t_kill
+            ready = None
+            try:
+                ready = (await c.get("/ready")).json()
+            except httpx.HTTPError as e:
+                ready = f"no answer: {type(e).__name__}"
+            return [pids, rs, answered, ready]
+
+    pids, rs, answered, ready = asyncio.run(burst())
+    codes: dict[str, int] = {}
+    for r in rs:
+        k = str(r.status_code) if isinstance(r, httpx.Response) else type(r).__name__
+        codes[k] = codes.get(k, 0) + 1
+    sample = next((r.json() for r in rs if isinstance(r, httpx.Response) and r.status_code == 503), None)
+    try:
+        code = server.wait(60)
+    except Exception:
+        code = "still running after 60 s"
+    result(kind="engine_death", killed=pids, statuses=codes, all_answered_within_s=round(answered, 2),
+           ready_after=ready, sample_503=sample, server_exit=code)  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", default="vllm")
     ap.add_argument("--model", default="/tmp/dsocr")
+    ap.add_argument("--phases", default="burst")
     ap.add_argument("--pages", type=int, default=256)
     ap.add_argument("--out-tokens", type=int, default=1000)
-    ap.add_argument("--max-num-seqs", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=16, help="NUM_WORKERS: preprocessing threads")
-    ap.add_argument("--ngram-impl", default="batched")
     ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--mode-pages", type=int, default=64)
+    ap.add_argument("--soak-requests", type=int, default=2000)
+    ap.add_argument("--soak-concurrency", type=int, default=256)
+    ap.add_argument("--soak-tokens", type=int, default=48)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=16, help="NUM_WORKERS: renderer threads")
+    ap.add_argument("--ngram-impl", default="batched")
+    ap.add_argument("--label", default="batched")
     ap.add_argument("--extra-env", default="", help="KEY=VALUE,... passed to the server")
     args = ap.parse_args()
+    phases = args.phases.split(",")
 
     env = {
-        "ENGINE": "vllm",
-        "MODEL_PATH": args.model,
-        "LOAD_FORMAT": "dummy",
-        "DATA_DIR": tempfile.mkdtemp(),
-        "MAX_CONCURRENCY": str(args.max_num_seqs),
-        "GPU_MEM_UTILIZATION": "0.9",
-        "NUM_WORKERS": str(args.workers),
-        "NGRAM_IMPL": args.ngram_impl,
-        "MAX_UPLOAD_BYTES": str(64 << 20),
-        "LOG_LEVEL": "WARNING",
-    }
+        "ENGINE": args.engine, "MODEL_PATH": args.model, "LOAD_FORMAT": "dummy", "DATA_DIR": tempfile.mkdtemp(),
+        "MAX_CONCURRENCY": str(args.max_num_seqs), "GPU_MEM_UTILIZATION": "0.9", "NUM_WORKERS": str(args.workers),
+        "NGRAM_IMPL": args.ngram_impl, "MAX_UPLOAD_BYTES": str(64 << 20), "LOG_LEVEL": "WARNING",
+        "MAX_QUEUE": "4096", "ENGINE_DEATH": "exit",
+    }  # fmt: skip
     env.update(kv.split("=", 1) for kv in args.extra_env.split(",") if kv)
     log = Path(tempfile.gettempdir()) / "gpu_bench_server.log"
     t0 = time.time()
@@ -76,33 +251,28 @@ def main() -> None:
     try:
         info = httpx.get(f"{base}/").json()["engine"]
         print(f"service up in {time.time() - t0:.0f} s: {json.dumps(info)}", flush=True)
-        pngs = [base64.b64encode(synthetic_page(p)).decode() for p in range(args.pages)]
-        body = {
-            "prompt": "<image>\n<|grounding|>Convert the document to markdown. ",
-            "max_tokens": args.out_tokens,
-            "ignore_eos": True,
-        }
-        asyncio.run(send_all(base, [{**body, "image_base64": pngs[0]}, {**body, "image_base64": pngs[1]}]))  # warm-up
-        for i in range(args.passes):
-            dt, outs = asyncio.run(send_all(base, [{**body, "image_base64": b} for b in pngs]))
-            out_tok = sum(o["usage"]["output_tokens"] for o in outs)
-            prompt_tok = sum(o["usage"]["prompt_tokens"] for o in outs)
-            prep = sorted(o["usage"]["timings"].get("preprocess", 0) for o in outs)
-            res = {
-                "pass_no": i,
-                "kind": f"service-http-{args.ngram_impl}",
-                "pages": args.pages,
-                "seconds": round(dt, 2),
-                "pages_per_s": round(args.pages / dt, 3),
-                "out_tok_per_s": round(out_tok / dt, 1),
-                "prompt_tokens_per_page": prompt_tok // args.pages,
-                "out_tokens_per_page": out_tok // args.pages,
-                "preprocess_p50_s": prep[len(prep) // 2],
-                "max_num_seqs": args.max_num_seqs,
-            }
-            print("RESULT", json.dumps(res), flush=True)
+        modes = list(httpx.get(f"{base}/ocr/info").json()["modes"])
+        warm = {"prompt": PROMPT, "max_tokens": 8, "image_base64": b64(synthetic_page(0))}
+        asyncio.run(send_all(base, [warm, warm]))
+        for phase in phases:
+            t1 = time.time()
+            try:
+                if phase == "modes":
+                    phase_modes(base, modes)
+                elif phase == "mode_rates":
+                    phase_mode_rates(base, modes, args.mode_pages, args.out_tokens)
+                elif phase == "burst":
+                    phase_burst(base, args.pages, args.out_tokens, args.passes, args.label)
+                elif phase == "soak":
+                    phase_soak(base, server.pid, args.soak_requests, args.soak_concurrency, args.soak_tokens)
+                elif phase == "death":
+                    phase_death(base, server, args.out_tokens)
+            except Exception as e:
+                result(kind=phase, error=f"{type(e).__name__}: {e}"[:500])
+            print(f"phase {phase}: {time.time() - t1:.0f} s", flush=True)
     finally:
-        stop_service(server)
+        if server.poll() is None:
+            stop_service(server, grace=20)
 
 
 if __name__ == "__main__":

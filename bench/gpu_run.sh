@@ -2,13 +2,21 @@
 # On the GPU machine, after ../shared/gpu's staging put vLLM into /tmp/site (see bench/RESULTS.md):
 #   bash bench/gpu_run.sh check   # every route through vLLM (dummy weights)
 #   bash bench/gpu_run.sh check2  # the same with DeepSeek-OCR-2
-#   bash bench/gpu_run.sh bench   # naive baseline (LLM.generate) then the service over HTTP, same pages
+#   bash bench/gpu_run.sh service # the service: modes token check, per-mode rates, 256-page burst, soak, engine death
+#   bash bench/gpu_run.sh engine  # naive path (vLLM guard, serial preprocessing) and the engine alone (our guard)
+#   bash bench/gpu_run.sh engine512  # engine alone: fp8 KV cache + 512 sequences, and bf16 + 512 sequences
+#   bash bench/gpu_run.sh remote  # `vllm serve` + our plugin and guard, 8 API servers: openai client, then this service as front
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
 if [ -d .whl7 ] && [ ! -f /tmp/site/.extras ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl7/*.whl && touch /tmp/site/.extras
 fi
-[ -f /tmp/dsocr/config.json ] || python3 .gpu/make_dummy_model.py /tmp/dsocr
+if [ ! -f /tmp/site/.plugin ]; then  # the vllm.general_plugins entry point (engines.vllm_modes:register)
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site ./vllm_plugin && touch /tmp/site/.plugin
+  rm -rf vllm_plugin/build vllm_plugin/*.egg-info
+fi
+[ -f /tmp/dsocr/config.json ] || python3 .gpu/make_dummy_model.py /tmp/dsocr >/dev/null
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case "${1:-check}" in
   check) python3 bench/gpu_check.py --engine vllm --model /tmp/dsocr --load-format dummy; rc=$?
@@ -16,8 +24,14 @@ case "${1:-check}" in
   check2) [ -f /tmp/dsocr2/config.json ] || python3 bench/make_dummy_ocr2.py /tmp/dsocr /tmp/dsocr2
          python3 bench/gpu_check.py --engine vllm --model /tmp/dsocr2 --load-format dummy; rc=$?
          tail -n 40 /tmp/gpu_check_server.log; exit $rc ;;
-  bench) python3 .gpu/bench_dummy.py --pages "${PAGES:-256}" --out-tokens 1000 --max-num-seqs 256 --passes ngram 2>&1 | grep -E "RESULT|engine up"
-         python3 bench/gpu_bench.py --model /tmp/dsocr --pages "${PAGES:-256}" --out-tokens 1000 --passes "${PASSES:-2}" ${EXTRA:-}; rc=$?
-         tail -n 20 /tmp/gpu_bench_server.log; exit $rc ;;
+  service) python3 bench/gpu_bench.py --model /tmp/dsocr --phases "${PHASES:-modes,mode_rates,burst,soak,death}" \
+             --pages "${PAGES:-256}" --passes "${PASSES:-2}" ${EXTRA:-} 2>&1 | tee "$OUT/service.log" | grep -v "^MODE"
+           grep -iE "error|Traceback|renderer processes|input processing" /tmp/gpu_bench_server.log | head -20
+           cp /tmp/gpu_bench_server.log "$OUT/service_server.log" ;;
+  engine) python3 bench/engine_bench.py --guard vllm --passes cold --pages "${PAGES:-256}" --mm-cache-gb 0 2>&1 | grep -E "RESULT|engine up|Error"
+          python3 bench/engine_bench.py --guard batched --passes cold,cached --pages "${PAGES:-256}" 2>&1 | grep -E "RESULT|engine up|Error" ;;
+  engine512) python3 bench/engine_bench.py --guard batched --passes cold,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24 --kv-cache-dtype fp8 2>&1 | grep -E "RESULT|engine up|Error"
+             python3 bench/engine_bench.py --guard batched --passes cold,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24 2>&1 | grep -E "RESULT|engine up|Error" ;;
+  remote) python3 bench/serve_compare.py --api-servers "${API_SERVERS:-8}" --pages "${PAGES:-256}" 2>&1 | tee "$OUT/remote.log" | grep -v "^MODE" ;;
   *) python3 "$@" ;;
 esac

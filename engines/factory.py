@@ -1,4 +1,4 @@
-"""Which engine ENGINE=auto|vllm|cpu means on this machine, and building it. The seam (deepseek_ocr.py)
+"""Which engine ENGINE=auto|vllm|cpu|remote means on this machine, and building it. The seam (deepseek_ocr.py)
 imports no engine; this module is the one place that does."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _weights_present(model_path: str) -> tuple[bool, str]:
 
 
 def choose_engine(settings: Settings) -> tuple[str, str]:
-    """Which engine ENGINE=auto|vllm|cpu means on this machine, and why."""
+    """Which engine ENGINE=auto|vllm|cpu|remote means on this machine, and why."""
     if settings.engine != "auto":
         return settings.engine, f"ENGINE={settings.engine}"
     if importlib.util.find_spec("vllm") is None:
@@ -49,6 +49,10 @@ def build_engine(settings: Settings) -> OCREngine:
         from engines.vllm_engine import VLLMEngine
 
         engine: OCREngine = VLLMEngine(settings)
+    elif kind == "remote":
+        from engines.remote_engine import RemoteEngine
+
+        engine = RemoteEngine(settings)
     else:
         from engines.cpu_engine import CPUEngine
 

@@ -16,13 +16,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+
+from PIL import Image
 
 from config import Settings
 from deepseek_ocr import EngineUnavailable, OCREngine, OCRRequest, OCRResult, Task
+from engines import vllm_prep
 from errors import InputError
 from process.image_process import MODES, OCR2_MODES, ResolutionMode
 
@@ -75,13 +81,21 @@ def mm_kwargs(mode: ResolutionMode) -> dict:
     return {"base_size": mode.base_size, "image_size": mode.image_size, "crop_mode": mode.crop_mode}
 
 
-def engine_prompt(req: OCRRequest) -> dict:
+def engine_prompt_of(image: Image.Image, prompt: str, mode: ResolutionMode = MODES["gundam"]) -> dict:
     """The prompt vLLM's renderer takes for one page."""
-    return {
-        "prompt": req.spec.prompt,
-        "multi_modal_data": {"image": req.image},
-        "mm_processor_kwargs": mm_kwargs(req.mode),
-    }
+    return {"prompt": prompt, "multi_modal_data": {"image": image}, "mm_processor_kwargs": mm_kwargs(mode)}
+
+
+def engine_prompt(req: OCRRequest) -> dict:
+    return engine_prompt_of(req.image, req.spec.prompt, req.mode)
+
+
+def preprocess_processes(settings: Settings, cores: int | None = None) -> int:
+    """How many renderer worker processes to run (PREPROCESS_PROCESSES; -1 = from the core count)."""
+    if settings.preprocess_processes >= 0:
+        return settings.preprocess_processes
+    cores = cores or os.cpu_count() or 1
+    return 0 if cores < 4 else min(8, cores // 2)
 
 
 def tuned_moe_folder(folder: Path = MOE_CONFIGS) -> str | None:
@@ -99,6 +113,7 @@ class VLLMEngine(OCREngine):
         self.family = "unknown"
         self.details: dict = {}
         self._watch: asyncio.Task | None = None
+        self._pool: ProcessPoolExecutor | None = None
 
     async def start(self) -> None:
         t0 = time.perf_counter()
@@ -126,8 +141,9 @@ class VLLMEngine(OCREngine):
             "modes": list(self.modes),
             "default_mode": self.default_mode(),
             "tuned_moe_configs": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"),
-            "start_seconds": round(time.perf_counter() - t0, 1),
         }
+        self.details["preprocess_processes"] = await self._start_pool(preprocess_processes(self.settings))
+        self.details["start_seconds"] = round(time.perf_counter() - t0, 1)
         self.ready = True
         self._watch = asyncio.create_task(self._watch_engine())
         log.info("vLLM engine ready: %s", self.details)
@@ -136,9 +152,9 @@ class VLLMEngine(OCREngine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from engines import vllm_modes
+        from engines import vllm_register
 
-        vllm_modes.register()  # also a vllm.general_plugins entry point (vllm_plugin/), for spawned processes
+        vllm_register.register()  # also a vllm.general_plugins entry point (vllm_plugin/), for spawned processes
         if folder := tuned_moe_folder():
             os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", folder)
         if self.settings.ngram_impl == "vllm":
@@ -146,6 +162,42 @@ class VLLMEngine(OCREngine):
         else:
             from engines.vllm_ngram import BatchedNGramLogitsProcessor as proc
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(self.settings, proc)))
+
+    async def _start_pool(self, workers: int) -> int:
+        """Start the renderer processes and prove each works end to end; on failure use renderer threads."""
+        if workers <= 0:
+            return 0
+        loop = asyncio.get_running_loop()
+        warm = engine_prompt_of(Image.new("RGB", (64, 64), "white"), "<image>\nFree OCR.")
+        try:
+            self._pool = vllm_prep.make_pool(self.llm.vllm_config, workers)
+            blobs = await asyncio.gather(
+                *(loop.run_in_executor(self._pool, vllm_prep.render, warm) for _ in range(workers))
+            )
+            pickle.loads(blobs[0])
+        except Exception:
+            log.exception("renderer processes could not start; input processing stays in renderer threads")
+            self._drop_pool()
+            return 0
+        log.info("vLLM input processing in %d worker processes", workers)
+        return workers
+
+    def _drop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def _render(self, prompt: dict):
+        """The engine input for one prompt: in the worker processes when they run, else in vLLM's renderer."""
+        if self._pool is not None:
+            try:
+                blob = await asyncio.get_running_loop().run_in_executor(self._pool, vllm_prep.render, prompt)
+                return await asyncio.to_thread(pickle.loads, blob)
+            except BrokenProcessPool:
+                log.exception("a renderer process died; input processing falls back to renderer threads")
+                self._drop_pool()
+        (engine_input,) = await self.llm.renderer.render_cmpl_async([prompt])
+        return engine_input
 
     async def _watch_engine(self) -> None:
         """vLLM's engine-core process can die between requests too: notice within a second."""
@@ -158,6 +210,7 @@ class VLLMEngine(OCREngine):
         await super().stop()
         if self._watch:
             self._watch.cancel()
+        self._drop_pool()
         if self.llm is not None:
             llm, self.llm = self.llm, None
             with contextlib.suppress(Exception):
@@ -179,7 +232,7 @@ class VLLMEngine(OCREngine):
         params = SamplingParams(**sampling_kwargs(req), output_kind=output_kind)
         t0 = time.perf_counter()
         try:
-            (engine_input,) = await self.llm.renderer.render_cmpl_async([engine_prompt(req)])
+            engine_input = await self._render(engine_prompt(req))
         except EngineDeadError as e:
             raise self._dead(e) from e
         except ValueError as e:  # vLLM's own validation (prompt too long for max_model_len, ...)
@@ -215,13 +268,30 @@ class VLLMEngine(OCREngine):
             timings={"preprocess": round(prep_s, 4), "inference": round(time.perf_counter() - t1, 4)},
         )
 
-    async def stream(self, req: OCRRequest) -> AsyncIterator[str]:
+    async def stream_result(self, req: OCRRequest) -> AsyncIterator[str | OCRResult]:
         from vllm.sampling_params import RequestOutputKind
 
         if not self.ready:
             await self.generate(req)  # raises the not-ready error
         async with self._slots:
-            stream, _ = await self._submit(req, RequestOutputKind.DELTA)
-            async for out in self._outputs(stream):
-                if out.outputs and out.outputs[0].text:
-                    yield out.outputs[0].text
+            stream, prep_s = await self._submit(req, RequestOutputKind.DELTA)
+            t1 = time.perf_counter()
+            pieces: list[str] = []
+            prompt_tokens = output_tokens = 0
+            finish = None
+            async for out in self._outputs(stream):  # closing this generator (client gone) aborts the request
+                prompt_tokens = max(prompt_tokens, len(out.prompt_token_ids or ()))
+                if out.outputs:
+                    o = out.outputs[0]
+                    output_tokens += len(o.token_ids)
+                    finish = o.finish_reason or finish
+                    if o.text:
+                        pieces.append(o.text)
+                        yield o.text
+            yield OCRResult(
+                text="".join(pieces),
+                prompt_tokens=prompt_tokens,
+                output_tokens=output_tokens,
+                finish_reason=finish or "stop",
+                timings={"preprocess": round(prep_s, 4), "inference": round(time.perf_counter() - t1, 4)},
+            )

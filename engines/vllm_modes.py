@@ -5,11 +5,9 @@ vLLM 0.26's DeepSeek-OCR processor already builds the pixel tensors at the size 
 encoders take any of those sizes with the same weights. Only the placeholder count is computed from the
 built-in Gundam constants, so any other size fails with a placeholder mismatch. The subclasses here count
 placeholders with the arguments the request's processor used (the same arithmetic as
-process/image_process.plan_tiles), and `register()` maps vLLM's DeepSeek-OCR architectures to them.
-
-`register()` is a vLLM general plugin: the package in vllm_plugin/ declares it as a `vllm.general_plugins`
-entry point, so `vllm serve` (every API-server and engine-core process) loads it; the in-process engine
-calls it directly before building the engine. Importing this module needs vLLM (GPU machines only).
+process/image_process.plan_tiles). engines/vllm_register.py maps vLLM's DeepSeek-OCR architectures to
+them: a vLLM general plugin (vllm_plugin/ declares the entry point, so `vllm serve` loads it in every
+process), also called by the in-process engine. Importing this module needs vLLM (GPU machines only).
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from vllm import ModelRegistry
 from vllm.model_executor.models.deepseek_ocr import (
     DeepseekOCRDummyInputsBuilder,
     DeepseekOCRForCausalLM,
@@ -101,15 +98,3 @@ class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
 )
 class DeepseekOCR2ModesForCausalLM(DeepseekOCR2ForCausalLM):
     """vLLM's DeepSeek-OCR-2 with crop mode on or off per request."""
-
-
-ARCHITECTURES = {
-    "DeepseekOCRForCausalLM": DeepseekOCRModesForCausalLM,
-    "DeepseekOCR2ForCausalLM": DeepseekOCR2ModesForCausalLM,
-}
-
-
-def register() -> None:
-    """vLLM general-plugin entry point: DeepSeek-OCR architectures resolve to the mode-aware classes."""
-    for arch, cls in ARCHITECTURES.items():
-        ModelRegistry.register_model(arch, f"{__name__}:{cls.__name__}")

@@ -15,6 +15,7 @@ from engines.vllm_engine import (
     engine_args,
     engine_prompt,
     mm_kwargs,
+    preprocess_processes,
     sampling_kwargs,
     tuned_moe_folder,
 )
@@ -104,3 +105,11 @@ def test_streaming_on_the_cpu_engine(client, scan_png):
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert r.headers["content-type"].startswith("text/event-stream")
     assert events[-1] == "data: [DONE]" and "Docling" in events[0]
+
+
+def test_preprocessing_processes_follow_the_cores():
+    auto = Settings(_env_file=None)
+    assert preprocess_processes(auto, cores=16) == 8 and preprocess_processes(auto, cores=64) == 8
+    assert preprocess_processes(auto, cores=2) == 0  # a small machine keeps the renderer threads
+    assert preprocess_processes(Settings(_env_file=None, preprocess_processes=3), cores=64) == 3
+    assert preprocess_processes(Settings(_env_file=None, preprocess_processes=0), cores=64) == 0

@@ -1,0 +1,87 @@
+"""The engine alone (vLLM's LLM.generate, no HTTP, no service) on the service's work unit, for comparison.
+
+Same synthetic A4 pages, prompt, modes plugin and guard choices as the service: --guard batched (ours),
+vllm (vLLM's NGramPerReqLogitsProcessor, the recipe's guard: with a cold pass this is the naive path of
+the official scripts) or none. Passes over the same pages: the first is cold (vLLM preprocesses every
+page serially in this process); later passes hit the multimodal processor cache (--mm-cache-gb > 0), so
+they measure the engine without preprocessing. Prints one RESULT line (JSON) per pass.
+
+    python bench/engine_bench.py --guard batched --passes cold,cached --mm-cache-gb 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+PROMPT = "<image>\n<|grounding|>Convert the document to markdown. "
+
+
+def page(p: int, w: int = 1240, h: int = 1754) -> Image.Image:
+    im = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(im)
+    for y in range(60, h - 60, 28):
+        d.text((60, y), f"Page {p} line {y} lorem ipsum dolor sit amet consectetur {p * y}", fill="black")
+    return im
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="/tmp/dsocr")
+    ap.add_argument("--pages", type=int, default=256)
+    ap.add_argument("--out-tokens", type=int, default=1000)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--kv-cache-dtype", default="auto")
+    ap.add_argument("--mm-cache-gb", type=float, default=16)
+    ap.add_argument("--guard", choices=["batched", "vllm", "none"], default="batched")
+    ap.add_argument("--passes", default="cold,cached")
+    args = ap.parse_args()
+
+    from vllm import LLM, SamplingParams
+
+    from engines import vllm_engine, vllm_register
+
+    vllm_register.register()
+    if folder := vllm_engine.tuned_moe_folder():
+        os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", folder)
+    if args.guard == "vllm":
+        from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor as proc
+    else:
+        from engines.vllm_ngram import BatchedNGramLogitsProcessor as proc
+    t0 = time.time()
+    llm = LLM(
+        model=args.model, load_format="dummy", enable_prefix_caching=False, mm_processor_cache_gb=args.mm_cache_gb,
+        max_model_len=8192, max_num_seqs=args.max_num_seqs, gpu_memory_utilization=0.9,
+        kv_cache_dtype=args.kv_cache_dtype, logits_processors=[proc],
+    )  # fmt: skip
+    print(f"engine up in {time.time() - t0:.1f} s (guard {args.guard})", flush=True)
+    inputs = [{"prompt": PROMPT, "multi_modal_data": {"image": page(p)}} for p in range(args.pages)]
+    guard = {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
+    params = SamplingParams(
+        temperature=0.0, max_tokens=args.out_tokens, ignore_eos=True, skip_special_tokens=False,
+        extra_args=guard if args.guard != "none" else None,
+    )  # fmt: skip
+    llm.generate([{"prompt": PROMPT, "multi_modal_data": {"image": page(10_000)}}] * 2, params)  # warm-up
+    for i, kind in enumerate(args.passes.split(",")):
+        t1 = time.time()
+        outs = llm.generate(inputs, params)
+        dt = time.time() - t1
+        out_tok = sum(len(o.outputs[0].token_ids) for o in outs)
+        print("RESULT", json.dumps({
+            "kind": f"engine-{kind}-guard-{args.guard}", "pass_no": i, "pages": args.pages, "seconds": round(dt, 2),
+            "pages_per_s": round(args.pages / dt, 3), "out_tok_per_s": round(out_tok / dt, 1),
+            "prompt_tokens_per_page": sum(len(o.prompt_token_ids) for o in outs) // args.pages,
+            "out_tokens_per_page": out_tok // args.pages, "max_num_seqs": args.max_num_seqs,
+            "kv_cache_dtype": args.kv_cache_dtype, "mm_cache_gb": args.mm_cache_gb,
+        }), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""`vllm serve` with this service's vLLM plugin (every mode) and batched guard, N API servers: the peer a
+user would run, measured straight through the openai client and through this service as a thin front
+(ENGINE=remote), on the same work unit as bench/gpu_bench.py (256 A4 pages, Gundam, 1000 tokens, guard on).
+
+    python bench/serve_compare.py --api-servers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from gpu_bench import synthetic_page
+
+ROOT = Path(__file__).resolve().parents[1]
+GUARD = {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
+
+
+def start_vllm(model: str, port: int, api_servers: int, log: Path) -> subprocess.Popen:
+    tpl = Path("/tmp/ocr_chat_template.jinja")
+    tpl.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--served-model-name", "deepseek-ocr",
+        "--load-format", "dummy", "--port", str(port), "--api-server-count", str(api_servers),
+        "--logits-processors", "engines.vllm_ngram:BatchedNGramLogitsProcessor",
+        "--no-enable-prefix-caching", "--mm-processor-cache-gb", "0", "--max-num-seqs", "256",
+        "--max-model-len", "8192", "--gpu-memory-utilization", "0.9",
+        "--chat-template", str(tpl), "--chat-template-content-format", "string",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{os.environ.get('PYTHONPATH', '')}:{ROOT}"}
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    t0 = time.time()
+    while time.time() - t0 < 600:
+        if proc.poll() is not None:
+            raise SystemExit(f"vllm serve exited {proc.returncode}; see {log}")
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                print(f"vllm serve up in {time.time() - t0:.0f} s ({api_servers} API servers)", flush=True)
+                return proc
+        except OSError:
+            time.sleep(2)
+    proc.kill()
+    raise SystemExit("vllm serve did not come up")
+
+
+async def peer_burst(port: int, pages: int, out_tokens: int) -> dict:
+    import httpx
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="x", timeout=3600,
+        http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=1024), timeout=3600),
+    )  # fmt: skip
+    urls = ["data:image/png;base64," + base64.b64encode(synthetic_page(p)).decode() for p in range(pages)]
+    extra = {"ignore_eos": True, "skip_special_tokens": False, "vllm_xargs": GUARD}
+
+    async def one(url: str) -> int:
+        r = await client.chat.completions.create(
+            model="deepseek-ocr", max_tokens=out_tokens, temperature=0.0, extra_body=extra,
+            messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "<|grounding|>Convert the document to markdown. "}]}],
+        )  # fmt: skip
+        return r.usage.completion_tokens
+
+    await one(urls[0])
+    t0 = time.perf_counter()
+    toks = await asyncio.gather(*(one(u) for u in urls))
+    dt = time.perf_counter() - t0
+    return {"pages": pages, "seconds": round(dt, 2), "pages_per_s": round(pages / dt, 3),
+            "out_tokens_per_page": sum(toks) // pages}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="/tmp/dsocr")
+    ap.add_argument("--api-servers", type=int, default=8)
+    ap.add_argument("--pages", type=int, default=256)
+    ap.add_argument("--out-tokens", type=int, default=1000)
+    ap.add_argument("--port", type=int, default=8200)
+    ap.add_argument("--front-phases", default="modes,burst")
+    args = ap.parse_args()
+    log = Path("/tmp/vllm_serve.log")
+    proc = start_vllm(args.model, args.port, args.api_servers, log)
+    try:
+        peer = asyncio.run(peer_burst(args.port, args.pages, args.out_tokens))
+        print("RESULT", json.dumps({"kind": f"vllm-serve-{args.api_servers}-api-batched-guard", **peer}), flush=True)
+        env = f"REMOTE_URLS=http://127.0.0.1:{args.port},REMOTE_CONCURRENCY=512"
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--engine", "remote", "--phases", args.front_phases,
+             "--pages", str(args.pages), "--out-tokens", str(args.out_tokens), "--passes", "1",
+             "--label", f"remote-front-{args.api_servers}-api", "--extra-env", env],
+            check=False,
+        )  # fmt: skip
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        os.system(f"grep -iE 'error|warn|plugin' {log} | grep -v 'deprecat' | head -15")
+
+
+if __name__ == "__main__":
+    main()

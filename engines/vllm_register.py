@@ -1,0 +1,15 @@
+"""vLLM general plugin of this service (entry point declared in vllm_plugin/pyproject.toml): maps vLLM's
+DeepSeek-OCR architectures to the mode-aware classes of engines/vllm_modes.py. Light on purpose: vLLM loads
+plugins early in every process, so the model module is named here and imported only when vLLM needs it."""
+
+MODEL_CLASSES = {
+    "DeepseekOCRForCausalLM": "engines.vllm_modes:DeepseekOCRModesForCausalLM",
+    "DeepseekOCR2ForCausalLM": "engines.vllm_modes:DeepseekOCR2ModesForCausalLM",
+}
+
+
+def register() -> None:
+    from vllm import ModelRegistry
+
+    for arch, target in MODEL_CLASSES.items():
+        ModelRegistry.register_model(arch, target)

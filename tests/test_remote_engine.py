@@ -1,0 +1,231 @@
+"""ENGINE=remote against real service processes on loopback.
+
+The fleet: a CPU-engine backend, and a remote-engine front whose REMOTE_URLS list the backend plus one
+dead URL (nothing listens there). Images, PDFs (with layouts PDF and crops), batches, jobs and /v1 through
+the front give the backend's own answers; the dead URL is marked down; killing the backend turns the front
+into 503 engine_unavailable, and restarting it puts it back. Balancing and the retry on another backend
+run on an in-process front (one backend listed twice; a backend that answers 5xx).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import signal
+import socket
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest import DOCLING, OCR_TEST_TEXT, cer, make_client, wait_ready
+from service import start_service, stop_service
+
+from config import Settings
+
+
+def free_url() -> str:
+    """A loopback URL where nothing listens (the port was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def backend_env(data_dir: Path) -> dict[str, str]:
+    return {"ENGINE": "cpu", "NUM_WORKERS": "1", "DATA_DIR": str(data_dir)}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fleet")
+    backend_proc, backend = start_service(backend_env(tmp / "backend"), log=tmp / "backend.log")
+    dead = free_url()
+    env = {
+        "ENGINE": "remote",
+        "REMOTE_URLS": f"{backend}/v1, {dead}",  # a /v1 suffix is accepted
+        "REMOTE_HEALTH_INTERVAL_S": "0.5",
+        "REMOTE_CONCURRENCY": "2",
+        "NUM_WORKERS": "1",
+        "DATA_DIR": str(tmp / "front"),
+    }
+    try:
+        front_proc, front = start_service(env, log=tmp / "front.log")
+    except Exception:
+        stop_service(backend_proc)
+        raise
+    f = {"backend": backend, "dead": dead, "front": front, "procs": [backend_proc, front_proc], "tmp": tmp}
+    yield f
+    for p in f["procs"]:
+        stop_service(p, grace=10)
+
+
+def backends_of(front: str) -> dict[str, dict]:
+    return {b["url"]: b for b in httpx.get(f"{front}/", timeout=10).json()["engine"]["backends"]}
+
+
+def post(base: str, route: str, **kw) -> httpx.Response:
+    return httpx.post(f"{base}{route}", timeout=300, **kw)
+
+
+def test_front_is_ready_and_the_dead_backend_is_down(fleet):
+    assert httpx.get(f"{fleet['front']}/ready").status_code == 200
+    engine = httpx.get(f"{fleet['front']}/").json()["engine"]
+    assert engine["engine"] == "remote" and engine["max_concurrency"] == 4  # 2 backends x REMOTE_CONCURRENCY
+    backends = backends_of(fleet["front"])
+    live, dead = backends[fleet["backend"]], backends[fleet["dead"]]
+    assert live["state"] == "up" and live["model"] == engine["model_name"]
+    assert dead["state"] == "down" and "ConnectError" in dead["last_error"]
+    models = httpx.get(f"{fleet['backend']}/v1/models").json()["data"]
+    assert engine["model_name"] == models[0]["id"]  # the front learnt the model name from the backend
+
+
+def test_images_through_the_front_match_the_backend(fleet, pg9_png, scan_png):
+    for png, prompt in ((pg9_png, "document"), (scan_png, "ocr"), (scan_png, "free")):
+        files, data = {"file": ("p.png", png)}, {"prompt": prompt, "crop_labels": "all"}
+        direct = post(fleet["backend"], "/ocr/image/advanced", files=files, data=data).json()
+        via = post(fleet["front"], "/ocr/image/advanced", files=files, data=data)
+        assert via.status_code == 200, via.text
+        via = via.json()
+        assert via["engine"] == "remote" and via["raw_output"] == direct["raw_output"] and via["raw_output"]
+        assert via["regions"] == direct["regions"] and len(via["crops"]) == len(direct["crops"])
+    simple = post(fleet["front"], "/ocr/image/simple", files={"file": ("s.png", scan_png)}).json()
+    assert cer(simple["text"], OCR_TEST_TEXT) <= 0.1
+    assert backends_of(fleet["front"])[fleet["dead"]]["completed"] == 0
+
+
+def test_pdf_batch_and_job_through_the_front_match_the_backend(fleet, scan_png):
+    pdf = (DOCLING / "multi_page.pdf").read_bytes()
+    form = {"draw_layouts": "true"}
+    direct = post(fleet["backend"], "/pdf/ocr", files={"file": ("m.pdf", pdf)}, data=form).json()
+    via = post(fleet["front"], "/pdf/ocr", files={"file": ("m.pdf", pdf)}, data=form).json()
+    assert [p["raw_output"] for p in via["pages"]] == [p["raw_output"] for p in direct["pages"]]
+    assert len(via["pages"]) == 5 and via["layouts_pdf"] and via["markdown"] == direct["markdown"]
+
+    files = [("files", ("m.pdf", pdf)), ("files", ("s.png", scan_png))]
+    z = zipfile.ZipFile(io.BytesIO(post(fleet["front"], "/batch/ocr/download", files=files).content))
+    assert {"m/m.md", "m/m_layouts.pdf", "s/s.md", "results.json"} <= set(z.namelist())
+    assert z.read("m/m.md").decode() == direct["markdown"]
+
+    job = post(fleet["front"], "/jobs", files=[("files", ("m.pdf", pdf))]).json()
+    deadline = time.time() + 180
+    while (state := httpx.get(f"{fleet['front']}/jobs/{job['job_id']}").json())["state"] not in ("done", "failed"):
+        assert time.time() < deadline, state
+        time.sleep(0.3)
+    assert state["state"] == "done", state
+    result = httpx.get(f"{fleet['front']}/jobs/{job['job_id']}/result").json()
+    assert [p["text"] for p in result["files"][0]["pages"]] == [p["text"] for p in direct["pages"]]
+
+
+def test_openai_clients_through_the_front(fleet, scan_png):
+    url = "data:image/png;base64," + base64.b64encode(scan_png).decode()
+    parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "ocr"}]
+    msgs = [{"role": "user", "content": parts}]
+    extra = {"skip_special_tokens": False}
+    direct = openai.OpenAI(base_url=f"{fleet['backend']}/v1", api_key="-", max_retries=0)
+    front = openai.OpenAI(base_url=f"{fleet['front']}/v1", api_key="-", max_retries=0)
+    want = direct.chat.completions.create(model="m", messages=msgs, extra_body=extra).choices[0].message.content
+    got = front.chat.completions.create(model="m", messages=msgs, extra_body=extra)
+    assert got.choices[0].message.content == want and "<|det|>" in want
+    chunks = list(front.chat.completions.create(model="m", messages=msgs, extra_body=extra, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+    # The backend's 4xx reaches the client through the front, with its code.
+    describe = [{"role": "user", "content": [msgs[0]["content"][0], {"type": "text", "text": "describe"}]}]
+    for stream in (False, True):
+        with pytest.raises(openai.UnprocessableEntityError) as e:
+            front.chat.completions.create(model="m", messages=describe, stream=stream)
+        assert e.value.code == "prompt_not_supported"
+
+
+def test_killed_backend_gives_503_and_the_health_check_brings_it_back(fleet, scan_png):
+    front, backend = fleet["front"], fleet["backend"]
+    proc = fleet["procs"][0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    t_kill = time.time()
+    r = post(front, "/ocr/image/simple", files={"file": ("s.png", scan_png)})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
+    assert backend in r.json()["error"]["message"] and r.headers["retry-after"]
+    v1 = post(front, "/v1/chat/completions", json={"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(scan_png).decode()}}
+    ]}]})  # fmt: skip
+    assert v1.status_code == 503 and v1.json()["error"]["type"] == "server_error"
+    ready = httpx.get(f"{front}/ready")
+    assert ready.status_code == 503 and "no backend is up" in ready.json()["error"]
+    t_503 = time.time()
+
+    fleet["procs"][0], _ = start_service(backend_env(fleet["tmp"] / "backend"), base=backend)
+    t_restarted = time.time()
+    deadline = time.time() + 60
+    while httpx.get(f"{front}/ready").status_code != 200:
+        assert time.time() < deadline, backends_of(front)
+        time.sleep(0.1)
+    t_back = time.time()
+    r = post(front, "/ocr/image/simple", files={"file": ("s.png", scan_png)})
+    assert r.status_code == 200 and cer(r.json()["text"], OCR_TEST_TEXT) <= 0.1
+    assert backends_of(front)[backend]["state"] == "up"
+    figures = {"kill_to_503_s": t_503 - t_kill, "backend_ready_to_front_ready_s": t_back - t_restarted}
+    print(json.dumps({k: round(v, 2) for k, v in figures.items()}))
+
+
+# --- in-process fronts: balancing and the retry on another backend ------------------------------------
+
+
+class FailingBackend(BaseHTTPRequestHandler):
+    """A backend that passes health checks but answers every page with HTTP 500."""
+
+    chat_requests = 0
+
+    def _json(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._json(200, {"object": "list", "data": [{"id": "broken", "object": "model"}]})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).chat_requests += 1
+        self._json(500, {"error": {"message": "out of memory", "type": "server_error", "code": "internal_error"}})
+
+    def log_message(self, *args):
+        pass
+
+
+def test_balancing_and_retry_on_another_backend(fleet, tmp_path, scan_png):
+    backend = fleet["backend"]
+    if fleet["procs"][0].poll() is not None:
+        pytest.skip("backend not running")
+    # One backend listed twice: pages alternate between the two entries (fewest outstanding, then least used).
+    s = Settings(_env_file=None, engine="remote", remote_urls=[backend, backend], data_dir=tmp_path / "a")
+    with make_client(s) as c:
+        wait_ready(c)
+        for _ in range(4):
+            assert c.post("/ocr/image/simple", files={"file": ("s.png", scan_png)}).status_code == 200
+        assert [b["completed"] for b in c.get("/").json()["engine"]["backends"]] == [2, 2]
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), FailingBackend)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    broken = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        s = Settings(_env_file=None, engine="remote", remote_urls=[broken, backend], data_dir=tmp_path / "b")
+        with make_client(s) as c:
+            wait_ready(c)
+            for _ in range(4):
+                r = c.post("/ocr/image/simple", files={"file": ("s.png", scan_png)})
+                assert r.status_code == 200 and cer(r.json()["text"], OCR_TEST_TEXT) <= 0.1
+            state = {b["url"]: b for b in c.get("/").json()["engine"]["backends"]}
+    finally:
+        srv.shutdown()
+    assert FailingBackend.chat_requests >= 1  # some pages went to the broken backend first...
+    assert state[broken]["failures"] == FailingBackend.chat_requests and "out of memory" in state[broken]["last_error"]
+    assert state[backend]["completed"] == 4  # ...and were retried on the other one
+    assert state[broken]["state"] == "up"  # a 5xx does not take a backend out (a poison page would take all out)
