@@ -123,6 +123,21 @@ class Settings(BaseSettings):
     callback_backoff_s: float = Field(2.0, gt=0, description="wait before the first retry; doubles each time")
     callback_timeout_s: float = Field(10.0, gt=0, description="one callback POST's time limit")
     events_keepalive_s: float = Field(15.0, gt=0, description="SSE comment sent when a job's stream is idle")
+    # --- jobs across replicas (JOB_BACKEND=redis: jobs/redis_store.py, jobs/distributed.py) ---------
+    job_backend: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="sqlite: jobs of this replica; redis: jobs shared by replicas on one DATA_DIR volume"
+    )
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis of JOB_BACKEND=redis")
+    redis_prefix: str = Field("ocr", description="prefix of this service's Redis keys and queue name")
+    job_page_workers: int = Field(0, ge=0, le=1024, description="page tasks one replica runs at once (0: the engine's)")
+    job_page_timeout_s: float = Field(600.0, gt=0, description="a page task's limit (then it is an error page)")
+    job_lease_s: float = Field(
+        30.0,
+        ge=3,
+        description="a replica renews its tasks' in-progress marks every third of this; a killed "
+        "replica's tasks run again elsewhere after at most this",
+    )
+    job_page_tries: int = Field(5, ge=1, le=100, description="tries of a page task (a replica killed mid-page: one)")
 
     @field_validator("ngram_whitelist_token_ids", mode="before")
     @classmethod

@@ -9,6 +9,8 @@ Folder of one document (`stem` = sanitised file name):
     {stem}_layouts.pdf     every page with its labelled boxes (img2pdf), when asked for
     result.json            the manifest entry: name, kind, pages, per-page results
 Pages render in worker processes and at most `window` pages are in memory at once.
+process_document = plan_document, then process_page for each page, then finish_document; the Redis job
+backend (jobs/distributed.py) runs the three steps as separate tasks on any replica.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 import shutil
 import time
 import unicodedata
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -155,6 +158,104 @@ def save_page_image(image: Image.Image, out: Path, number: int) -> Path:
     return path
 
 
+@dataclass
+class DocPlan:
+    """One checked document: its kind ("pdf" or an image kind) and the page numbers to OCR."""
+
+    kind: str
+    numbers: list[int]
+    page_count: int
+
+
+def plan_document(
+    engine: OCREngine, settings: Settings, name: str, data: bytes, out: Path, opts: DocOptions
+) -> DocPlan:
+    """Check a document and list its pages; a PDF is kept as out/input.pdf for its pages (process_page).
+    Raises InputError (bad prompt, unreadable PDF, too many pages) before anything is OCR'd."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pages").mkdir(exist_ok=True)
+    pipeline.validate(engine, settings, opts.prompt, opts.mode, None)
+    kind = sniff_kind(data)
+    if kind == "unknown" and name.lower().endswith(".pdf"):
+        kind = "pdf"  # let the PDF opener say what is wrong with it
+    if kind != "pdf":
+        return DocPlan(kind, [1], 1)
+    pdf_path = out / "input.pdf"
+    if not pdf_path.exists():
+        pdf_process.open_pdf(data, opts.password).close()  # clear errors before anything is written
+        tmp = pdf_path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(pdf_path)  # atomic: replicas may plan the same document after a crash
+    doc = pdf_process.open_pdf(pdf_path, opts.password)
+    indexes = pdf_process.parse_pages(opts.pages, doc.page_count)
+    page_count = doc.page_count
+    doc.close()
+    if len(indexes) > settings.max_pdf_pages:
+        raise InputError(
+            413,
+            "too_many_pages",
+            f"{len(indexes)} pages selected; the limit is {settings.max_pdf_pages} (MAX_PDF_PAGES)",
+        )
+    return DocPlan(kind, [i + 1 for i in indexes], page_count)
+
+
+def page_path(out: Path, number: int) -> Path:
+    return out / "pages" / f"{number:04d}.json"
+
+
+async def process_page(
+    engine: OCREngine,
+    settings: Settings,
+    renderer: Renderer,
+    out: Path,
+    kind: str,
+    number: int,
+    opts: DocOptions,
+    image_data: bytes | None = None,
+) -> dict | None:
+    """OCR one page into out/pages/NNNN.json (written atomically, so a page done twice is still one file),
+    with its crops and layout image. A PDF page comes from out/input.pdf, an image from `image_data`.
+    Returns the page's record, or None when it was already done. One bad PDF page becomes an error record;
+    a bad image, or 503 (engine down), raises InputError."""
+    record_path = page_path(out, number)
+    if record_path.exists():  # done before (a restart, or another replica)
+        return None
+    if kind == "pdf":
+        image, used_dpi = await renderer.render(
+            out / "input.pdf", number - 1, opts.dpi, opts.password, settings.max_image_pixels
+        )
+        info = {"format": "PDF", "page": number}
+    else:
+        image, info = await asyncio.to_thread(load_image, image_data, settings.max_image_pixels)
+        used_dpi = None
+    if opts.keep_page_images:
+        await asyncio.to_thread(save_page_image, image, out, number)
+    try:
+        page = await pipeline.ocr_page(
+            engine, settings, image, opts.prompt, image_info=info,
+            page=number if kind == "pdf" else None, mode=opts.mode, max_tokens=opts.max_tokens,
+        )  # fmt: skip
+    except InputError as e:  # one bad page (a timeout) must not sink a PDF; 503 (engine down) does
+        if kind != "pdf" or e.status == 503:
+            raise
+        return save_error_page(out, number, e, used_dpi)
+    await asyncio.to_thread(_save_page_outputs, page, number, out, opts, kind == "pdf")
+    return _write_page(out, _page_record(page, number, used_dpi))
+
+
+def save_error_page(out: Path, number: int, error: InputError, dpi: int | None = None) -> dict:
+    """A PDF page that failed: an empty page carrying the error, so the document still completes."""
+    return _write_page(out, {**_empty_page(number, dpi), **error.body()})
+
+
+def _write_page(out: Path, record: dict) -> dict:
+    path = page_path(out, record["page"])
+    tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)  # atomic: a kill never leaves half a page, and a page written twice is one file
+    return record
+
+
 async def process_document(
     engine: OCREngine,
     settings: Settings,
@@ -169,9 +270,6 @@ async def process_document(
     """OCR one image or PDF into `out`; returns the manifest entry (also saved as out/result.json).
     `progress` hears (done, total) at the start and after each page; `page_done` gets each new page's record.
     A document finished before (out/result.json exists: a resumed job) is not read or fetched again."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pages").mkdir(exist_ok=True)
-    stem = out.name
     if (out / "result.json").exists():
         entry = json.loads((out / "result.json").read_text())
         if progress:
@@ -180,68 +278,22 @@ async def process_document(
     if callable(source):
         source = await source()
     data = source.read_bytes() if isinstance(source, Path) else source
-    pipeline.validate(engine, settings, opts.prompt, opts.mode, None)
     t0 = time.perf_counter()
-    kind = sniff_kind(data)
-    if kind == "unknown" and name.lower().endswith(".pdf"):
-        kind = "pdf"  # let the PDF opener say what is wrong with it
-    if kind == "pdf":
-        pdf_path = out / "input.pdf"
-        if not pdf_path.exists():
-            pdf_process.open_pdf(data, opts.password).close()  # clear errors before anything is written
-            pdf_path.write_bytes(data)
-        del data
-        doc = pdf_process.open_pdf(pdf_path, opts.password)
-        indexes = pdf_process.parse_pages(opts.pages, doc.page_count)
-        page_count = doc.page_count
-        doc.close()
-        if len(indexes) > settings.max_pdf_pages:
-            raise InputError(
-                413,
-                "too_many_pages",
-                f"{len(indexes)} pages selected; the limit is {settings.max_pdf_pages} (MAX_PDF_PAGES)",
-            )
-        numbers = [i + 1 for i in indexes]
-    else:
-        numbers = [1]
-        page_count = 1
-
-    done = sum((out / "pages" / f"{n:04d}.json").exists() for n in numbers)
+    plan = plan_document(engine, settings, name, data, out, opts)
+    image_data = None if plan.kind == "pdf" else data
+    del data  # a PDF's pages come from out/input.pdf
+    numbers = plan.numbers
+    done = sum(page_path(out, n).exists() for n in numbers)
     if progress:
         progress(done, len(numbers))
     window = asyncio.Semaphore(max(2, min(2 * engine.capacity(), 64)))  # pages in memory at once
 
     async def one(number: int) -> None:
         nonlocal done
-        record_path = out / "pages" / f"{number:04d}.json"
-        if record_path.exists():  # done before a restart
-            return
         async with window:
-            if kind == "pdf":
-                image, used_dpi = await renderer.render(
-                    out / "input.pdf", number - 1, opts.dpi, opts.password, settings.max_image_pixels
-                )
-                info = {"format": "PDF", "page": number}
-            else:
-                image, info = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
-                used_dpi = None
-            if opts.keep_page_images:
-                await asyncio.to_thread(save_page_image, image, out, number)
-            try:
-                page = await pipeline.ocr_page(
-                    engine, settings, image, opts.prompt, image_info=info,
-                    page=number if kind == "pdf" else None, mode=opts.mode, max_tokens=opts.max_tokens,
-                )  # fmt: skip
-            except InputError as e:  # one bad page (a timeout) must not sink a PDF; 503 (engine down) does
-                if kind != "pdf" or e.status == 503:
-                    raise
-                record = {**_empty_page(number, used_dpi), **e.body()}
-            else:
-                await asyncio.to_thread(_save_page_outputs, page, number, out, opts, kind == "pdf")
-                record = _page_record(page, number, used_dpi)
-            tmp = record_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record))
-            tmp.replace(record_path)  # atomic: a kill never leaves half a page
+            record = await process_page(engine, settings, renderer, out, plan.kind, number, opts, image_data)
+        if record is None:  # done before a restart
+            return
         done += 1
         if progress:
             progress(done, len(numbers))
@@ -249,13 +301,17 @@ async def process_document(
             page_done(record)
 
     await asyncio.gather(*(one(n) for n in numbers))
-    return await asyncio.to_thread(_finish, out, stem, name, kind, numbers, page_count, opts, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    return await asyncio.to_thread(
+        finish_document, out, out.name, name, plan.kind, numbers, plan.page_count, opts, seconds
+    )
 
 
-def _finish(
+def finish_document(
     out: Path, stem: str, name: str, kind: str, numbers: list[int], page_count: int, opts: DocOptions, seconds: float
 ) -> dict:
-    pages = [json.loads((out / "pages" / f"{n:04d}.json").read_text()) for n in numbers]
+    """Combine a document's pages into its Markdown, raw output, layouts PDF and manifest entry."""
+    pages = [json.loads(page_path(out, n).read_text()) for n in numbers]
     (out / f"{stem}.md").write_text(PAGE_SPLIT.join(p["markdown"] for p in pages))
     (out / f"{stem}_det.mmd").write_text(PAGE_SPLIT.join(p["raw_output"] for p in pages))
     files = [f"{stem}.md", f"{stem}_det.mmd"]

@@ -83,6 +83,7 @@ async def status(request: Request) -> dict:
         "available": True,
         "active_jobs": jobs.store.count_active(),
         "workers": jobs.settings.job_workers,
+        "backend": jobs.settings.job_backend,
     }
 
 

@@ -30,7 +30,7 @@ from deepseek_ocr import PROMPTS
 from documents import Renderer
 from engines.factory import build_engine
 from errors import InputError, error_response, install_handlers
-from jobs import JobManager
+from jobs import make_manager
 from middleware import ApiKeys, BodyLimit, RequestContext, configure_logging, load_api_keys
 from process.image_process import MODES, load_image
 
@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None, routers: dict[str, str] | None 
         app.state.engine_task = asyncio.create_task(engine.start())  # /health answers while it loads
         app.state.jobs, app.state.jobs_error = None, None
         try:
-            jobs = JobManager(settings, engine, app.state.renderer)
+            jobs = make_manager(settings, engine, app.state.renderer)
             await jobs.start()
             app.state.jobs = jobs
         except Exception as e:

@@ -40,12 +40,15 @@ class JobManager:
         self.renderer = renderer
         self.root = settings.data_dir / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.store: JobStore = SQLiteJobStore(settings.data_dir / "jobs.db")
+        self.store: JobStore = self.open_store()
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.running: dict[str, asyncio.Task] = {}
         self._tasks: list[asyncio.Task] = []
         self.notifier = Notifier()  # wakes GET /jobs/{id}/events streams
         self.callbacks = Callbacks(self)
+
+    def open_store(self) -> JobStore:
+        return SQLiteJobStore(self.settings.data_dir / "jobs.db")
 
     async def start(self) -> None:
         resumed = self.store.ids(ACTIVE)
@@ -134,8 +137,12 @@ class JobManager:
         options = {**opts.as_dict(), **(extra or {}), "password": opts.password}
         self.store.insert(job_id, kind, options, files)
         self.emit(job_id, {"type": "state", "state": "queued", "files": [f["name"] for f in files]})
-        self.queue.put_nowait(job_id)
+        await self.enqueue(job_id)
         return self.public(self.store.get(job_id))
+
+    async def enqueue(self, job_id: str) -> None:
+        """Hand an accepted job to the workers (the Redis backend overrides this: jobs/distributed.py)."""
+        self.queue.put_nowait(job_id)
 
     def cancel_or_delete(self, job_id: str) -> dict:
         job = self.store.get(job_id)
@@ -214,6 +221,13 @@ class JobManager:
             self.engine, self.settings, self.renderer, items, self.dir(job_id) / "out", opts, progress, page_done,
             io.document_done,
         )  # fmt: skip
+        await self.complete(job, files, entries, io)
+
+    async def complete(self, job: dict, files: list[dict], entries: list[dict], io: JobIO | None = None) -> None:
+        """A job whose files are all processed: file events, results.json, results to output_uri (S3), the
+        final state."""
+        job_id = job["id"]
+        io = io or JobIO(self, job_id, files, dict(job["options"]))
         for i, (f, e) in enumerate(zip(files, entries, strict=True)):
             f["state"] = "done" if e.get("success") else "failed"
             if not e.get("success"):
@@ -225,9 +239,10 @@ class JobManager:
         tmp = self.result_path(job_id).with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(self.result_path(job_id))
+        options = dict(io.options)
         if output := await io.finish(result):
-            opts_d["output"] = output
-        job_options = {k: v for k, v in opts_d.items() if k != "password"}  # kept only while needed for a resume
+            options["output"] = output
+        job_options = {k: v for k, v in options.items() if k != "password"}  # kept only while needed for a resume
         self.finish(job_id, "done", files=files, options=job_options, error=output and output["error"])
         log.info("job %s done: %d file(s)", job_id, len(files))
 
