@@ -292,12 +292,8 @@ class RemoteEngine(OCREngine):
             return res
 
     def _body(self, b: Backend, req: OCRRequest, image_url: str, *, stream: bool) -> dict:
-        if b.owned_by == "vllm" and mm_kwargs(req.mode) is not None:
-            # As for the in-process vllm engine: vLLM 0.26's processor runs the Gundam sizes only.
-            raise InputError(
-                422, "mode_not_supported", f"the vLLM backends run gundam mode only, not {req.mode.name}",
-                accepted=["gundam"],
-            )  # fmt: skip
+        # Every mode travels as mm_processor_kwargs: `vllm serve` runs them with this service's plugin installed
+        # (vllm_plugin/), as this service's own /v1 does.
         return chat_body(req, b.model or self.model_name, image_url, stream=stream)
 
     async def _call(self, b: Backend, req: OCRRequest, image_url: str) -> OCRResult:

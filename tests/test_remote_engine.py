@@ -29,7 +29,6 @@ from service import start_service, stop_service
 import pipeline
 from config import Settings
 from engines.remote_engine import Backend, RemoteEngine, chat_body, error_of
-from errors import InputError
 
 
 def free_url() -> str:
@@ -190,17 +189,17 @@ def test_chat_body_is_the_recipe_request(scan_png):
     assert text_part == {"type": "text", "text": "Free OCR."}  # the server adds the <image> placeholder
     assert body["skip_special_tokens"] is False and body["max_tokens"] == 100 and body["temperature"] == 0.0
     assert body["vllm_xargs"] == {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
-    assert "mm_processor_kwargs" not in body and "stream_options" not in body  # Gundam: vLLM's own sizes
+    assert body["mm_processor_kwargs"] == {"base_size": 1024, "image_size": 640, "crop_mode": True}  # Gundam
+    assert "stream_options" not in body
     req = pipeline.build_request(settings, image, "document", mode="large", ngram_size=0)
     body = chat_body(req, "m", "data:,", stream=True)
     assert body["messages"][0]["content"][1]["text"] == "<|grounding|>Convert the document to markdown."
     assert body["mm_processor_kwargs"] == {"base_size": 1280, "image_size": 1280, "crop_mode": False}
     assert "vllm_xargs" not in body and body["stream_options"] == {"include_usage": True}
-    # A vLLM backend runs Gundam only: refused up front, like the in-process vllm engine.
+    # A `vllm serve` backend gets the mode too: with this service's plugin it runs every mode.
     engine = RemoteEngine(Settings(_env_file=None, engine="remote", remote_urls=["http://gpu1:8001"]))
-    with pytest.raises(InputError) as e:
-        engine._body(Backend("http://gpu1:8001", 1, up=True, owned_by="vllm"), req, "data:,", stream=False)
-    assert e.value.status == 422 and e.value.code == "mode_not_supported"
+    vllm_body = engine._body(Backend("http://gpu1:8001", 1, up=True, owned_by="vllm"), req, "data:,", stream=False)
+    assert vllm_body["mm_processor_kwargs"] == {"base_size": 1280, "image_size": 1280, "crop_mode": False}
 
 
 def test_backend_errors_in_every_shape():
