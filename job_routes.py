@@ -173,7 +173,10 @@ async def job_page_image(request: Request, job_id: str, file: int, page: int) ->
     folder = _file_dir(jobs, job, file)
     path = folder / "page_images" / f"{page:04d}.jpg"
     if not path.exists():
-        source = jobs.dir(job_id) / "inputs" / job["files"][file]["stored"]
+        stored = job["files"][file].get("stored")
+        if not stored:  # an S3 input: not kept here
+            raise InputError(404, "page_image_not_kept", f"page {page} has no image: submit with keep_page_images")
+        source = jobs.dir(job_id) / "inputs" / stored
         settings = jobs.settings
         with open(source, "rb") as f:
             head = f.read(4096)

@@ -73,8 +73,10 @@ class DistributedJobManager(JobManager):
             asyncio.create_task(self._renew_leases()),
             asyncio.create_task(self._sweeper()),
         ]
+        self.callbacks.resume()  # pending callbacks (every replica retries them: delivery is at least once)
 
     async def stop(self) -> None:
+        await self.callbacks.stop()
         if self.worker:  # cancels its tasks: arq puts them back in the queue for the other replicas
             with contextlib.suppress(Exception):
                 await self.worker.close()
