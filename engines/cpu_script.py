@@ -85,7 +85,10 @@ def inspect(bgr: np.ndarray, lines: list[Line]) -> InkReport:
     cy = np.clip(glyphs[:, 1] + glyphs[:, 3] // 2, 0, gray.shape[0] - 1)
     unread = mask[cy, cx] == 0
     share = float(glyphs[unread, 4].sum() / max(1, glyphs[:, 4].sum()))
-    script = name_script(glyphs[unread]) if share >= UNREAD_SHARE and unread.sum() >= MIN_GLYPHS else None
+    # ... and far more unread glyphs than characters read (a picture with a few labels is no script)
+    read_chars = sum(c.isalnum() for ln in lines if ln.score >= READ_SCORE for c in ln.text)
+    enough = unread.sum() >= max(MIN_GLYPHS, 2 * read_chars)
+    script = name_script(glyphs[unread]) if share >= UNREAD_SHARE and enough else None
     return InkReport(len(glyphs), share, script)
 
 
