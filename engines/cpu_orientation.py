@@ -1,9 +1,10 @@
 """Pages scanned sideways or upside down are turned before reading, and upright pages are never turned.
 
 Cheap signs first, from the lines already read upright: most text boxes standing tall means a page on its
-side (try 90° and 270°); PP-OCR's text-line classifier voting 180° for most long lines means upside down
-(try 180°). A turn is kept only if the page reads clearly better turned (recognition confidence x
-characters), so the classifier's per-line mistakes (the reason it is off per line) cannot flip a page.
+side (try 90° and 270°); a page read with little confidence whose long lines PP-OCR's text-line classifier
+mostly calls 180° is upside down (try 180°). A turn is kept only if the page reads clearly better turned
+(recognition confidence x characters), so the classifier's per-line mistakes (the reason it is off per
+line) cannot flip a page.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from engines.layout import Line
 
 TALL_SHARE = 0.5  # share of characters in boxes at least 1.5x taller than wide
 FLIP_VOTE = 0.6  # share of long lines the classifier calls 180°
+SURE = 0.9  # mean recognition confidence above which a page is upright (upright pages 0.99, upside down < 0.7)
 BETTER = 1.3  # a turned page must read this much better
 
 
@@ -41,9 +43,10 @@ def upright(
     if not chars:
         return 0, lines
     tall = sum(len(ln.text) for ln in lines if ln.h >= 1.5 * ln.w) / chars
+    confidence = sum(ln.score * len(ln.text) for ln in lines) / chars
     if tall >= TALL_SHARE:
         candidates = [1, 3]
-    elif _flip_vote(models, bgr, lines) >= FLIP_VOTE:
+    elif confidence < SURE and _flip_vote(models, bgr, lines) >= FLIP_VOTE:
         candidates = [2]
     else:
         return 0, lines

@@ -152,13 +152,18 @@ def _overlap(a: Zone, b: Zone) -> float:
     return iw * ih / max(1.0, min(a.area, b.area))
 
 
-def clean_zones(zones: list[Zone], lines: list[Line], page_w: float, page_h: float) -> list[Zone]:
-    """Zones worth keeping, containers first: duplicates dropped, and a 'picture' that is mostly text lines
-    (a tinted panel or page background) is no picture."""
+def clean_zones(
+    zones: list[Zone], lines: list[Line], page_w: float, page_h: float, body_h: float | None = None
+) -> list[Zone]:
+    """Zones worth keeping, containers first: duplicates dropped, and a 'picture' that is mostly lines of
+    body-sized text (a tinted panel or page background) is no picture. Small print (chart labels, page
+    thumbnails) leaves a picture a picture."""
     kept: list[Zone] = []
     for z in sorted(zones, key=lambda z: (_PRIORITY.get(z.label, 2), -z.score)):
         if z.label == "image":
             inside = [ln for ln in lines if z.holds(ln)]
+            if body_h and inside and statistics.median(ln.h for ln in inside) < 0.7 * body_h:
+                inside = []
             text_area = sum(ln.w * ln.h for ln in inside)
             if (z.area >= 0.3 * page_w * page_h and text_area >= 0.15 * z.area) or text_area >= 0.35 * z.area:
                 continue
@@ -223,14 +228,19 @@ def build_blocks(lines: list[Line], page_w: float, page_h: float, zones: list[Zo
     if not lines and not figures and not zones:
         return []
     body_h = statistics.median(ln.h for ln in lines) if lines else 0.02 * page_h
-    zones = clean_zones(zones or [], lines, page_w, page_h)
+    zones = clean_zones(zones or [], lines, page_w, page_h, body_h)
     zones += [Zone("image", f.x0, f.y0, f.x1, f.y1) for f in figures]
     held: dict[int, list[Line]] = {i: [] for i in range(len(zones))}
     free: list[Line] = []
+    blocks: list[Block] = []
     for ln in lines:
         home = next((i for i, z in enumerate(zones) if z.holds(ln)), None)
-        (free if home is None else held[home]).append(ln)
-    blocks: list[Block] = []
+        if home is not None:
+            held[home].append(ln)
+        elif ln.h >= 2 * ln.w and len(ln.text.strip()) >= 4:  # a line printed sideways (a margin note)
+            blocks.append(Block("text", [ln]))
+        else:
+            free.append(ln)
     for i, z in enumerate(zones):
         inside = held[i]
         if not inside and z.label not in ("image", "table"):
@@ -240,6 +250,12 @@ def build_blocks(lines: list[Line], page_w: float, page_h: float, zones: list[Zo
             # the model calls a big first-page heading a header at times; running headers are small
             big = statistics.median(ln.h for ln in inside) >= 0.95 * body_h and len(_rows(inside)) <= 2
             label = _heading_label(Block(label, inside), body_h) if (label == "title" or big) else label
+        if label == "text" and inside:
+            # Geometry splits a text zone that holds several paragraphs or columns (a coarse zone).
+            parts = _text_blocks(inside, body_h, page_w)
+            if len(parts) > 1:
+                blocks += parts
+                continue
         box = (z.x0, z.y0, z.x1, z.y1)
         if inside:
             box = (
