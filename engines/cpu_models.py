@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rapidocr import RapidOCR  # imported with the engine module, before the app starts: start() only builds
 
 
 def _package_file(package: str, relative: str) -> Path:
@@ -53,8 +54,6 @@ class Models:
     """One worker's model sessions. ONNX sessions run one call at a time per worker (the engine's pool)."""
 
     def __init__(self, threads: int):
-        from rapidocr import RapidOCR
-
         ort = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
         self.ocr = RapidOCR(
             params={
@@ -69,9 +68,9 @@ class Models:
         self._threads = threads
         self._layout = None
         self._table: tuple | None = None
-        self.layout(np.full((64, 64, 3), 255, np.uint8))  # load every model now: ready means ready
-        if importlib.util.find_spec("rapid_table") is not None:  # not on Python >= 3.13: tables become grids
-            self._load_table()
+        # The layout and table models load on a worker's first document page: the engine is ready as soon as
+        # it can read text (jobs resumed after a restart start right away).
+        self.reads_tables = importlib.util.find_spec("rapid_table") is not None  # not on Python >= 3.13
 
     def read(self, bgr: np.ndarray) -> list[TextLine]:
         """Text lines of a BGR image, in the library's order (the library's own score filter applies)."""
@@ -103,10 +102,6 @@ class Models:
             LayoutRegion(str(c).lower().replace(" ", "_"), tuple(float(v) for v in b), float(s))  # type: ignore[arg-type]
             for b, c, s in zip(r.boxes, r.class_names, r.scores, strict=True)
         ]
-
-    @property
-    def reads_tables(self) -> bool:
-        return self._table is not None
 
     def _load_table(self) -> tuple:
         if self._table is None:
