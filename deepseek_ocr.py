@@ -120,6 +120,7 @@ class OCRResult:
     output_tokens: int
     finish_reason: str  # "stop" | "length" | "cancelled"
     timings: dict[str, float] = field(default_factory=dict)  # seconds: queue, preprocess, inference, total
+    warnings: list[str] = field(default_factory=list)  # what the engine could not do well on this page
 
 
 class EngineUnavailable(InputError):

@@ -126,6 +126,7 @@ def _page_record(page: pipeline.PageResult, number: int, dpi: int | None) -> dic
         "dpi": dpi,
         "usage": page.usage(),
         "repetition_collapsed": page.repetition_collapsed,
+        "warnings": page.warnings,
     }
 
 
@@ -133,7 +134,7 @@ def _empty_page(number: int, dpi: int | None) -> dict:
     usage = {"prompt_tokens": 0, "output_tokens": 0, "finish_reason": "error", "timings": {}}
     return {
         "page": number, "text": "", "markdown": "", "raw_output": "", "regions": [], "image_size": None,
-        "dpi": dpi, "usage": usage, "repetition_collapsed": False,
+        "dpi": dpi, "usage": usage, "repetition_collapsed": False, "warnings": [],
     }  # fmt: skip
 
 

@@ -52,6 +52,7 @@ def page_payload(
         "mode": page.mode,
         "tiles": page.plan,
         "repetition_collapsed": page.repetition_collapsed,
+        "warnings": page.warnings,
         "input": page.image_info,
         "usage": page.usage(),
     }
@@ -106,7 +107,8 @@ async def image_simple(
     engine = pipeline.engine_of(request)
     data = await pipeline.image_bytes(settings, file, image_url, image_base64)
     page = await pipeline.ocr_image_bytes(engine, settings, data, prompt)
-    return {"success": True, "text": page.text, "image_size": page.size, "usage": page.usage()}
+    usage = page.usage()
+    return {"success": True, "text": page.text, "image_size": page.size, "usage": usage, "warnings": page.warnings}
 
 
 @router.get("/status")

@@ -102,6 +102,10 @@ class PageResult:
             "has_bounding_boxes": bool(self.regions),
         }
 
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.result.warnings)
+
     def usage(self) -> dict:
         r = self.result
         return {

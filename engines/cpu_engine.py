@@ -1,8 +1,11 @@
-"""The embedded CPU engine: RapidOCR (PP-OCRv4 ONNX models shipped in its wheel) behind the engine seam.
+"""The embedded CPU engine: PP-OCRv6 text models, a layout model and a table model, all ONNX files shipped
+inside their wheels (engines/cpu_models.py), behind the engine seam.
 
 It really reads text, offline, with no GPU and no weights to download, and answers the DeepSeek prompts
-it can honour with DeepSeek-shaped output: grounded Markdown, grounded lines, free text, Markdown and
-Locate. Figure/description prompts get a 422 naming the engine that can answer them.
+it can honour with DeepSeek-shaped output: grounded Markdown with DeepSeek-OCR's region labels (tables as
+HTML), grounded lines, free text, Markdown and Locate. Pages scanned sideways or upside down are turned
+first; a page in a script the model cannot read gets a warning. Figure/description prompts get a 422
+naming the engine that can answer them.
 """
 
 from __future__ import annotations
@@ -21,17 +24,13 @@ from PIL import Image
 
 from config import Settings
 from deepseek_ocr import OCREngine, OCRRequest, OCRResult, Task
-from engines import layout
-from engines.layout import Line
+from engines import cpu_orientation, cpu_script, layout
+from engines.cpu_models import MODEL_NAME, Models, TextLine
+from engines.layout import Line, Zone
 from process.image_process import tile_boxes
 
 log = logging.getLogger("ocr.cpu")
-# Tuned on born-digital pages at 144 dpi: finds tightly spaced lines the defaults (0.5, 1.6) miss.
-DETECTION = {"box_thresh": 0.3, "unclip_ratio": 1.4, "return_word_box": True, "use_cls": False}
-SPACE_GAP = 0.35  # a gap between two Latin characters wider than this x line height is a space
-
-
-PAD = 32  # text that runs into the image edge is misread; a margin of page colour fixes it
+PAD = 32  # text that touches the image edge is misread; a margin of page colour fixes it
 
 
 def pad_page(bgr: np.ndarray) -> np.ndarray:
@@ -39,40 +38,6 @@ def pad_page(bgr: np.ndarray) -> np.ndarray:
     edges = np.concatenate([bgr[0], bgr[-1], bgr[:, 0], bgr[:, -1]])
     colour = [int(v) for v in np.median(edges, axis=0)]
     return cv2.copyMakeBorder(np.ascontiguousarray(bgr), PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=colour)
-
-
-def restore_spaces(text: str, info: list, quad: list) -> str:
-    """PP-OCR's recogniser often drops spaces in English; put them back where the glyphs are far apart.
-
-    `info` is RapidOCR's per-character decoding record (CTC column of each character); a gap wider than
-    the line's own character pitch by SPACE_GAP x line height is a space. Measured on born-digital pages
-    at 144 dpi (2305.03393v1-pg9): word error rate 0.316 -> 0.202.
-    """
-    col_num, words, word_cols, states = info[0], info[1], info[2], info[3]
-    chars = [c for w in words for c in w]
-    cols = [c for w in word_cols for c in w]
-    if not chars or len(chars) != len(text) or not col_num:
-        return text
-    xs, ys = [p[0] for p in quad], [p[1] for p in quad]
-    width, height = max(xs) - min(xs), max(ys) - min(ys)
-    cell = width / col_num  # one decoding column, in pixels
-    pitches = [
-        (wc[-1] - wc[0]) / (len(wc) - 1) for wc, st in zip(word_cols, states, strict=True) if len(wc) > 1 and st != "cn"
-    ]
-    pitch = sum(pitches) / len(pitches) if pitches else width / len(text) / cell
-    out = [chars[0]]
-    for i in range(1, len(chars)):
-        a, b = chars[i - 1], chars[i]
-        if a.isascii() and b.isascii() and (a.isalnum() or a in ".,;:)") and b.isalnum():
-            if (cols[i] - cols[i - 1] - pitch) * cell >= SPACE_GAP * height:
-                out.append(" ")
-        out.append(b)
-    return "".join(out)
-
-
-def _decoding_record(imgs: list, boxes: list, rec_res: list) -> list:
-    """Stands in for RapidOCR's per-word box geometry (slow, unused): keeps the raw decoding record."""
-    return [[text, score, None, info] for text, score, info in rec_res]
 
 
 _PIECE = re.compile(r"\w+|[^\w\s]")
@@ -83,28 +48,33 @@ def estimate_tokens(text: str) -> int:
     return len(_PIECE.findall(text))
 
 
-def find_figures(rgb: np.ndarray, text_lines: list[Line]) -> list[Line]:
-    """Large inked regions that hold no text (pictures, charts), as 'image' pseudo-lines."""
-    h, w = rgb.shape[:2]
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    mask = (gray < 230).astype(np.uint8)
-    pad = 4
-    for ln in text_lines:
-        mask[max(0, int(ln.y0) - pad) : int(ln.y1) + pad, max(0, int(ln.x0) - pad) : int(ln.x1) + pad] = 0
-    graphics = mask.copy()
-    k = max(3, int(0.012 * max(w, h)))
-    mask = cv2.dilate(mask, np.ones((k, k), np.uint8))
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    figures = []
-    for i in range(1, n):
-        x, y, bw, bh, _ = stats[i]
-        if bw * bh < 0.01 * w * h or bw < 0.08 * w or bh < 0.04 * h:
+def mark_bullets(gray: np.ndarray, lines: list[Line]) -> None:
+    """Flags lines with a list bullet left of them: one compact, solid blob of ink within 2.5 line heights
+    of the line's start, at most half a line high, centred on the line, and nothing else there."""
+    for ln in lines:
+        h = ln.h
+        x0, x1 = int(max(0, ln.x0 - 2.5 * h)), int(ln.x0) - 1
+        y0, y1 = int(ln.y0), int(ln.y1) + 1
+        if x1 - x0 < 0.5 * h or h < 6:
             continue
-        # Pictures and charts have ink outside their text; tables and rules have almost none.
-        if graphics[y : y + bh, x : x + bw].mean() < 0.05:
+        ink = (gray[y0:y1, x0:x1] < 128).astype(np.uint8)
+        stats = cv2.connectedComponentsWithStats(ink, connectivity=8)[2]
+        blobs = [s for s in stats[1:] if s[4] >= 4]
+        if len(blobs) != 1:
             continue
-        figures.append(Line(float(x), float(y), float(x + bw), float(y + bh), "", 1.0, kind="image"))
-    return figures
+        by, bw, bh, area = blobs[0][1:5]
+        centred = abs(by + bh / 2 - h / 2) <= 0.2 * h
+        if 0.15 * h <= bw <= 0.6 * h and 0.15 * h <= bh <= 0.6 * h and area >= 0.5 * bw * bh and centred:
+            ln.bullet = True
+
+
+def _box_lines(found: list[TextLine], dx: float, dy: float, w: float, h: float) -> list[Line]:
+    out = []
+    for t in found:
+        xs = np.clip(t.quad[:, 0] - dx, 0, w)
+        ys = np.clip(t.quad[:, 1] - dy, 0, h)
+        out.append(Line(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()), t.text, t.score))
+    return out
 
 
 class CPUEngine(OCREngine):
@@ -113,8 +83,8 @@ class CPUEngine(OCREngine):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.model_name = "rapidocr-pp-ocrv4 (embedded CPU engine)"
-        self._workers: queue.Queue = queue.Queue()
+        self.model_name = f"{MODEL_NAME} (embedded CPU engine)"
+        self._workers: queue.Queue[Models] = queue.Queue()
         self._pool: ThreadPoolExecutor | None = None
 
     def capacity(self) -> int:
@@ -126,21 +96,17 @@ class CPUEngine(OCREngine):
         try:
             await asyncio.get_running_loop().run_in_executor(self._pool, self._load, n)
         except Exception as e:  # the app keeps serving /health and says why
-            self.error = f"RapidOCR could not start: {e}"
+            self.error = f"the CPU engine's models could not load: {e}"
             log.exception("CPU engine failed to start")
             return
         self.ready = True
-        log.info("CPU engine ready: %d RapidOCR worker(s)", n)
+        log.info("CPU engine ready: %d worker(s), %s", n, MODEL_NAME)
 
     def _load(self, n: int) -> None:
-        from rapidocr_onnxruntime import RapidOCR
-
         # Workers x threads = cores: oversubscribed ONNX threads cost more than they give.
         threads = self.settings.cpu_engine_threads or max(1, (os.cpu_count() or 1) // n)
         for _ in range(n):
-            engine = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
-            engine.cal_rec_boxes = _decoding_record  # spaces come from the decoding record (restore_spaces)
-            self._workers.put(engine)
+            self._workers.put(Models(threads))
 
     async def stop(self) -> None:
         await super().stop()
@@ -151,56 +117,82 @@ class CPUEngine(OCREngine):
         assert self._pool is not None
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._run_sync, req)
 
-    def _detect(self, rgb: np.ndarray, req: OCRRequest) -> list[Line]:
-        """Text lines in pixel coordinates; Gundam-style tiling runs bands of the page separately."""
-        h, w = rgb.shape[:2]
-        bands = [(0, 0, w, h)]
+    def _read(self, models: Models, bgr: np.ndarray, req: OCRRequest) -> list[Line]:
+        """Text lines in pixel coordinates of `bgr`; Gundam-style tiling reads bands of a tall page apart."""
+        h, w = bgr.shape[:2]
+        bands = [(0, h)]
         if req.plan.tiles_h > 1 and req.tiling:
-            bands = [(0, b[1], w, b[3]) for b in tile_boxes(w, h, req.plan)[:: req.plan.tiles_w]]
+            bands = [(b[1], b[3]) for b in tile_boxes(w, h, req.plan)[:: req.plan.tiles_w]]
         lines: list[Line] = []
-        engine = self._workers.get()
-        try:
-            for _, top, _, bottom in bands:
-                margin = 48 if len(bands) > 1 else 0
-                y0, y1 = max(0, top - margin), min(h, bottom + margin)
-                result, _ = engine(pad_page(rgb[y0:y1, :, ::-1]), **DETECTION)
-                for quad, text, score, _, info in result or []:
-                    text = restore_spaces(str(text), info, quad)
-                    xs = [min(max(p[0] - PAD, 0), w) for p in quad]
-                    ys = [min(max(p[1] - PAD, 0), y1 - y0) + y0 for p in quad]
-                    ln = Line(min(xs), min(ys), max(xs), max(ys), str(text), float(score))
-                    if len(bands) == 1 or top <= ln.cy < bottom:  # each line belongs to one band
-                        lines.append(ln)
-        finally:
-            self._workers.put(engine)
+        for top, bottom in bands:
+            margin = 48 if len(bands) > 1 else 0
+            y0, y1 = max(0, top - margin), min(h, bottom + margin)
+            for ln in _box_lines(models.read(pad_page(bgr[y0:y1])), PAD, PAD - y0, w, h):
+                if len(bands) == 1 or top <= ln.cy < bottom:  # each line belongs to one band
+                    lines.append(ln)
         return lines
+
+    def _tables(self, models: Models, bgr: np.ndarray, blocks: list[layout.Block]) -> None:
+        """Each table block's HTML from the table model, cell text from the lines already read."""
+        h, w = bgr.shape[:2]
+        for b in blocks:
+            if b.label != "table" or not b.lines or not models.reads_tables:
+                continue
+            x0, y0, x1, y1 = b.bbox
+            x0, y0, x1, y1 = max(0, int(x0) - 4), max(0, int(y0) - 4), min(w, int(x1) + 4), min(h, int(y1) + 4)
+            boxes = np.array([[ln.x0 - x0, ln.y0 - y0, ln.x1 - x0, ln.y1 - y0] for ln in b.lines])
+            try:
+                html = models.table_html(
+                    np.ascontiguousarray(bgr[y0:y1, x0:x1]), boxes, [(ln.text, ln.score) for ln in b.lines]
+                )
+            except Exception:  # a table the model cannot parse keeps the geometric grid
+                log.exception("table model failed")
+                continue
+            b.html = layout.complete_table(html, b.lines)
 
     def _run_sync(self, req: OCRRequest) -> OCRResult:
         t0 = time.perf_counter()
         img: Image.Image = req.image
         rgb = np.asarray(img.convert("RGB"))
         w, h = img.size
-        lines = self._detect(rgb, req)
-        t1 = time.perf_counter()
         task = req.spec.task
-        if task == Task.LOCATE:
-            text = layout.locate(lines, req.spec.target or "", w, h)
-        else:
-            figures = find_figures(rgb, lines) if task in (Task.DOCUMENT_GROUNDED, Task.MARKDOWN) else []
-            inside = [
-                ln
-                for ln in lines
-                if any(f.x0 <= (ln.x0 + ln.x1) / 2 <= f.x1 and f.y0 <= ln.cy <= f.y1 for f in figures)
-            ]
-            blocks = layout.build_blocks([ln for ln in lines if ln not in inside] + figures, w, h)
-            if task == Task.DOCUMENT_GROUNDED:
-                text = layout.render_document(blocks, w, h, grounded=True)
-            elif task == Task.MARKDOWN:
-                text = layout.render_document(blocks, w, h, grounded=False)
-            elif task == Task.OCR_GROUNDED:
-                text = layout.render_lines_grounded(blocks, w, h)
+        models = self._workers.get()
+        try:
+            bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+            lines = self._read(models, bgr, req)
+            turns, lines = cpu_orientation.upright(models, bgr, lines, lambda im: self._read(models, im, req))
+            page = np.ascontiguousarray(np.rot90(bgr, turns)) if turns else bgr
+            pw, ph = page.shape[1], page.shape[0]
+            zones: list[Zone] = []
+            if task in (Task.DOCUMENT_GROUNDED, Task.MARKDOWN):
+                zones = [
+                    Zone(layout.ZONE_LABELS.get(r.label, "text"), *r.box, score=r.score) for r in models.layout(page)
+                ]
+            t1 = time.perf_counter()
+            warnings = cpu_script.warnings(page, lines)
+            if task in (Task.DOCUMENT_GROUNDED, Task.MARKDOWN):
+                mark_bullets(cv2.cvtColor(page, cv2.COLOR_BGR2GRAY), lines)
+            if task == Task.LOCATE:
+                blocks: list[layout.Block] = []
             else:
-                text = layout.render_free(blocks)
+                blocks = layout.build_blocks(lines, pw, ph, zones)
+                self._tables(models, page, blocks)
+        finally:
+            self._workers.put(models)
+        box_map = cpu_orientation.box_mapper(turns, pw, ph)  # boxes answer in the image as sent
+        if turns:
+            turned = {1: "90° counterclockwise", 2: "180°", 3: "90° clockwise"}[turns]
+            warnings.append(f"the page was turned {turned} before reading (it was scanned rotated)")
+        if task == Task.LOCATE:
+            text = layout.locate(lines, req.spec.target or "", w, h, box_map)
+        elif task == Task.DOCUMENT_GROUNDED:
+            text = layout.render_document(blocks, w, h, grounded=True, box_map=box_map)
+        elif task == Task.MARKDOWN:
+            text = layout.render_document(blocks, w, h, grounded=False)
+        elif task == Task.OCR_GROUNDED:
+            text = layout.render_lines_grounded(blocks, w, h, box_map)
+        else:
+            text = layout.render_free(blocks)
         finish = "stop"
         pieces = list(_PIECE.finditer(text))
         if len(pieces) > req.max_tokens:  # honour max_tokens like a decoder would: cut, say "length"
@@ -212,4 +204,5 @@ class CPUEngine(OCREngine):
             output_tokens=min(len(pieces), req.max_tokens),
             finish_reason=finish,
             timings={"inference": round(t1 - t0, 4), "postprocess": round(time.perf_counter() - t1, 4)},
+            warnings=warnings,
         )

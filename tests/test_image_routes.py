@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import pymupdf
 import pytest
@@ -54,7 +55,8 @@ def test_scanned_page_text_and_boxes(client, scan_png):
 def test_born_digital_page_accuracy_and_boxes_on_words(client, pg9_png):
     j = advanced(client, pg9_png, prompt="document")
     truth = page_text("2305.03393v1-pg9.pdf")
-    assert cer(j["text"], truth) <= MAX_CER_BORN_DIGITAL
+    # The table comes as HTML, as DeepSeek-OCR writes it: compare its cell text, not its tags.
+    assert cer(re.sub(r"<[^>]+>", " ", j["text"]), truth) <= MAX_CER_BORN_DIGITAL
     # Boxes lie on the words: nearly every word of the text layer is inside some text region box.
     page = pymupdf.open(DOCLING / "2305.03393v1-pg9.pdf")[0]
     scale = 144 / 72
