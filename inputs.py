@@ -107,11 +107,11 @@ async def pinned(url: str, settings: Settings) -> tuple[str, dict[str, str], str
 
 async def fetch_url(url: str, settings: Settings, limit: int) -> bytes:
     """GET a URL under the rules above; returns the body bytes. s3://bucket/key is read from object storage
-    (storage/s3.py: the S3_BUCKETS allow-list, the same size cap)."""
+    (storage/policy.py: the S3_BUCKETS allow-list, the same size cap)."""
     if url.strip()[:5].lower() == "s3://":
-        from storage import s3  # boto3 is imported only when an s3:// URL arrives
+        from storage import policy  # boto3 is imported only when an s3:// URL arrives
 
-        return await s3.fetch(url, settings, limit)
+        return await policy.fetch(url, settings, limit)
     timeout = httpx.Timeout(settings.url_timeout_s)
     try:
         async with asyncio.timeout(settings.url_timeout_s * 2):

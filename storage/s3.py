@@ -8,7 +8,6 @@ store's error code only: botocore's messages can carry the service's identity (A
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import threading
@@ -208,14 +207,3 @@ def retrying(fn: Callable[[], Any], attempts: int, pause_s: float = 1.0) -> Any:
             if e.status < 500 or attempt == attempts:
                 raise
         time.sleep(pause_s * 2 ** (attempt - 1))
-
-
-async def fetch(url: str, settings, limit: int) -> bytes:
-    """An s3:// image_url / pdf_url: checked against S3_BUCKETS, read in a worker thread with the size cap."""
-    from storage.policy import check_read
-
-    uri = parse_uri(url, "the URL")
-    check_read(uri, settings)
-    if not uri.key or uri.key.endswith("/"):
-        raise InputError(400, "bad_s3_uri", f"{uri} names a folder, not an object (prefixes are for POST /jobs)")
-    return await asyncio.to_thread(read, uri, limit, settings.url_timeout_s)
