@@ -29,7 +29,8 @@ from arq.worker import func
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from redis_server import start_redis, stop_redis  # noqa: E402
+from redis_server import start_redis  # noqa: E402
+from service import stop_service  # noqa: E402
 
 from jobs.distributed import _page_progress  # noqa: E402
 from jobs.redis_store import RedisJobStore  # noqa: E402
@@ -176,7 +177,7 @@ def main() -> None:
             print(f" (over the idle server's own {base:.0f} us/s)")
         finally:
             r.close()
-            stop_redis(proc)
+            stop_service(proc, grace=10)
 
 
 if __name__ == "__main__":

@@ -44,12 +44,3 @@ def start_redis(workdir: Path, timeout: float = 20) -> tuple[subprocess.Popen, s
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"redis-server did not answer on {url} in {timeout:.0f} s; see {workdir / 'redis.log'}")
-
-
-def stop_redis(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from service import start_service  # noqa: E402
+from service import start_service, stop_service  # noqa: E402
 
 from config import Settings  # noqa: E402
 from serve_ocr import create_app  # noqa: E402
@@ -108,4 +108,4 @@ def s3_store(tmp_path_factory):
                 mp.setenv(k, v)
             yield moto_s3.client(endpoint), endpoint, log
     finally:
-        moto_s3.stop_moto(proc)
+        stop_service(proc, grace=10)

@@ -43,15 +43,6 @@ def start_moto(log: Path, env: dict[str, str] | None = None, timeout: float = 30
     raise RuntimeError(f"moto server did not start; see {log}")
 
 
-def stop_moto(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 def client(endpoint: str, **credentials):
     env = s3_env(endpoint)
     return boto3.session.Session().client(

@@ -21,7 +21,7 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from arq.jobs import Job
 from conftest import BROKEN, DOCLING, cer, make_client, page_text, wait_ready
-from redis_server import start_redis, stop_redis
+from redis_server import start_redis
 from service import start_service, stop_service
 
 from config import Settings
@@ -33,7 +33,7 @@ from jobs.redis_store import RedisJobStore
 def redis_url(tmp_path_factory):
     proc, url = start_redis(tmp_path_factory.mktemp("redis"))
     yield url
-    stop_redis(proc)
+    stop_service(proc, grace=10)
 
 
 def test_store_contract(redis_url):
@@ -201,7 +201,7 @@ def test_redis_down_gives_503_not_500(tmp_path, scan_png):
     with make_client(settings) as c:
         wait_ready(c)
         assert c.get("/jobs/status").json()["backend"] == "redis"
-        stop_redis(proc)  # Redis goes away under a running replica
+        stop_service(proc, grace=10)  # Redis goes away under a running replica
         for r in (c.get("/jobs/nope"), c.post("/jobs", files=[("files", ("s.png", scan_png))])):
             assert r.status_code == 503 and r.json()["error"]["code"] == "jobs_unavailable", r.text
         assert c.post("/ocr/image/simple", files={"file": ("s.png", scan_png)}).status_code == 200  # the rest works

@@ -8,6 +8,7 @@ from pathlib import Path
 import moto_s3
 import pytest
 from conftest import DOCLING, OCR_TEST_TEXT, cer, make_client, page_text, render, wait_ready
+from service import stop_service
 
 from config import Settings
 from errors import InputError
@@ -123,7 +124,7 @@ def test_denied_read_is_403(tmp_path, store):
         err = error_of(r)
         assert err["code"] == "s3_access_denied" and key["AccessKeyId"] not in err["message"]
     finally:
-        moto_s3.stop_moto(proc)
+        stop_service(proc, grace=10)
 
 
 def test_prefix_listing_follows_continuation_pages(store, s3_store):
