@@ -121,7 +121,7 @@ def build_request(
     image: Image.Image,
     prompt: str | None,
     *,
-    engine: OCREngine | None = None,
+    engine: OCREngine,
     mode: str | None = None,
     max_tokens: int | None = None,
     temperature: float = 0.0,
@@ -134,12 +134,8 @@ def build_request(
 ) -> OCRRequest:
     """One engine request; the repetition guard's settings can be overridden per request (vllm_xargs)."""
     spec = resolve_prompt(prompt, target)
-    if engine is not None:
-        m = get_mode(mode, engine.default_mode(), engine.modes)
-        strategy = engine.token_strategy
-    else:
-        m, strategy = get_mode(mode, settings.default_mode or "gundam"), "v1"
-    plan = plan_tiles(image.width, image.height, m, settings.min_crops, settings.max_crops, strategy)
+    m = get_mode(mode, engine.default_mode(), engine.modes)  # the modes and token layout of this engine's model
+    plan = plan_tiles(image.width, image.height, m, settings.min_crops, settings.max_crops, engine.token_strategy)
     return OCRRequest(
         image=image,
         spec=spec,

@@ -202,7 +202,7 @@ async def stream(request: Request, body: ChatCompletionRequest) -> StreamingResp
     if not engine.ready:
         raise EngineUnavailable(f"the {engine.name} engine is not ready: {engine.error or 'starting'}")
     image, _ = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
-    req = pipeline.build_request(settings, image, chat.prompt, **chat.options)
+    req = pipeline.build_request(settings, image, chat.prompt, engine=engine, **chat.options)
     items = engine.stream_result(req)
     first = await anext(items)  # raises here (not inside the 200 stream) when nothing could start
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), engine.model_name

@@ -14,16 +14,15 @@ import io
 import json
 import signal
 import socket
-import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import DOCLING, OCR_TEST_TEXT, cer, make_client, wait_ready
+from conftest import DOCLING, OCR_TEST_TEXT, cer, make_client, serve_http, wait_ready
 from service import start_service, stop_service
 
 import pipeline
@@ -182,7 +181,8 @@ def test_chat_body_is_the_recipe_request(scan_png):
 
     settings = Settings(_env_file=None)
     image, _ = load_image(scan_png, settings.max_image_pixels)
-    req = pipeline.build_request(settings, image, "free", max_tokens=100)
+    engine = RemoteEngine(Settings(_env_file=None, engine="remote", remote_urls=["http://gpu1:8001"]))
+    req = pipeline.build_request(settings, image, "free", engine=engine, max_tokens=100)
     body = chat_body(req, "deepseek-ai/DeepSeek-OCR", "data:image/png;base64,AAAA", stream=False)
     image_part, text_part = body["messages"][0]["content"]
     assert image_part == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
@@ -191,13 +191,12 @@ def test_chat_body_is_the_recipe_request(scan_png):
     assert body["vllm_xargs"] == {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
     assert body["mm_processor_kwargs"] == {"base_size": 1024, "image_size": 640, "crop_mode": True}  # Gundam
     assert "stream_options" not in body
-    req = pipeline.build_request(settings, image, "document", mode="large", ngram_size=0)
+    req = pipeline.build_request(settings, image, "document", engine=engine, mode="large", ngram_size=0)
     body = chat_body(req, "m", "data:,", stream=True)
     assert body["messages"][0]["content"][1]["text"] == "<|grounding|>Convert the document to markdown."
     assert body["mm_processor_kwargs"] == {"base_size": 1280, "image_size": 1280, "crop_mode": False}
     assert "vllm_xargs" not in body and body["stream_options"] == {"include_usage": True}
     # A `vllm serve` backend gets the mode too: with this service's plugin it runs every mode.
-    engine = RemoteEngine(Settings(_env_file=None, engine="remote", remote_urls=["http://gpu1:8001"]))
     vllm_body = engine._body(Backend("http://gpu1:8001", 1, up=True, owned_by="vllm"), req, "data:,", stream=False)
     assert vllm_body["mm_processor_kwargs"] == {"base_size": 1280, "image_size": 1280, "crop_mode": False}
 
@@ -263,10 +262,7 @@ def test_balancing_and_retry_on_another_backend(fleet, tmp_path, scan_png):
             assert c.post("/ocr/image/simple", files={"file": ("s.png", scan_png)}).status_code == 200
         assert [b["completed"] for b in c.get("/").json()["engine"]["backends"]] == [2, 2]
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), FailingBackend)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    broken = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
+    with serve_http(FailingBackend) as broken:
         s = Settings(_env_file=None, engine="remote", remote_urls=[broken, backend], data_dir=tmp_path / "b")
         with make_client(s) as c:
             wait_ready(c)
@@ -274,8 +270,6 @@ def test_balancing_and_retry_on_another_backend(fleet, tmp_path, scan_png):
                 r = c.post("/ocr/image/simple", files={"file": ("s.png", scan_png)})
                 assert r.status_code == 200 and cer(r.json()["text"], OCR_TEST_TEXT) <= 0.1
             state = {b["url"]: b for b in c.get("/").json()["engine"]["backends"]}
-    finally:
-        srv.shutdown()
     assert FailingBackend.chat_requests >= 1  # some pages went to the broken backend first...
     assert state[broken]["failures"] == FailingBackend.chat_requests and "out of memory" in state[broken]["last_error"]
     assert state[backend]["completed"] == 4  # ...and were retried on the other one

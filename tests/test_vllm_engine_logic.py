@@ -40,11 +40,14 @@ def test_engine_args_follow_settings():
 
 def test_sampling_params_keep_grounding_and_guard():
     s = Settings(_env_file=None, ngram_size=30, ngram_window=90)
-    req = build_request(s, Image.new("RGB", (1240, 1754), "white"), "document", max_tokens=1000, ignore_eos=True)
+    req = build_request(
+        s, Image.new("RGB", (1240, 1754), "white"), "document", engine=VLLMEngine(s), max_tokens=1000, ignore_eos=True
+    )
     kw = sampling_kwargs(req)
     assert kw["skip_special_tokens"] is False and kw["max_tokens"] == 1000 and kw["ignore_eos"] is True
     assert kw["extra_args"] == {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
-    off = build_request(Settings(_env_file=None, ngram_size=0), Image.new("RGB", (64, 64)), "free")
+    s0 = Settings(_env_file=None, ngram_size=0)
+    off = build_request(s0, Image.new("RGB", (64, 64)), "free", engine=VLLMEngine(s0))
     assert "extra_args" not in sampling_kwargs(off)
 
 
@@ -53,7 +56,7 @@ def test_every_mode_reaches_vllms_processor_as_mm_processor_kwargs():
     assert mm_kwargs(MODES["tiny"]) == {"base_size": 512, "image_size": 512, "crop_mode": False}
     assert mm_kwargs(MODES["gundam_m"]) == {"base_size": 1280, "image_size": 1024, "crop_mode": True}
     s = Settings(_env_file=None)
-    req = build_request(s, Image.new("RGB", (1240, 1754), "white"), "document", mode="large")
+    req = build_request(s, Image.new("RGB", (1240, 1754), "white"), "document", engine=VLLMEngine(s), mode="large")
     prompt = engine_prompt(req)
     assert prompt["mm_processor_kwargs"] == {"base_size": 1280, "image_size": 1280, "crop_mode": False}
     assert prompt["prompt"].startswith("<image>\n") and prompt["multi_modal_data"]["image"] is req.image
