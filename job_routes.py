@@ -203,27 +203,27 @@ async def job_crop(request: Request, job_id: str, file: int, name: str) -> FileR
     return FileResponse(path, media_type="image/jpeg")
 
 
-@router.get("/{job_id}/files/{file}/markdown")
-async def job_markdown(request: Request, job_id: str, file: int) -> FileResponse:
-    """One file's combined Markdown, once the job is done."""
+def _finished_file(request: Request, job_id: str, file: int, suffix: str, code: str, missing: str) -> Path:
+    """A done job's `{stem}{suffix}` of one file, or 404 `code` saying why it is not there."""
     jobs = jobs_of(request)
     job = job_or_404(jobs, job_id)
     _require_done(job)
     folder = _file_dir(jobs, job, file)
-    path = folder / f"{folder.name}.md"
+    path = folder / f"{folder.name}{suffix}"
     if not path.exists():
-        raise InputError(404, "file_failed", f"file {file} of job {job_id} has no Markdown (it failed)")
+        raise InputError(404, code, f"file {file} of job {job_id} has no {missing}")
+    return path
+
+
+@router.get("/{job_id}/files/{file}/markdown")
+async def job_markdown(request: Request, job_id: str, file: int) -> FileResponse:
+    """One file's combined Markdown, once the job is done."""
+    path = _finished_file(request, job_id, file, ".md", "file_failed", "Markdown (it failed)")
     return FileResponse(path, media_type="text/markdown; charset=utf-8", filename=path.name)
 
 
 @router.get("/{job_id}/files/{file}/layouts.pdf")
 async def job_layouts(request: Request, job_id: str, file: int) -> FileResponse:
     """One file's layouts PDF (pages with their labelled boxes), when the job asked for draw_layouts."""
-    jobs = jobs_of(request)
-    job = job_or_404(jobs, job_id)
-    _require_done(job)
-    folder = _file_dir(jobs, job, file)
-    path = folder / f"{folder.name}_layouts.pdf"
-    if not path.exists():
-        raise InputError(404, "no_layouts", f"file {file} of job {job_id} has no layouts PDF (ask for draw_layouts)")
+    path = _finished_file(request, job_id, file, "_layouts.pdf", "no_layouts", "layouts PDF (ask for draw_layouts)")
     return FileResponse(path, media_type="application/pdf", filename=path.name)

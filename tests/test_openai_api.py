@@ -7,13 +7,12 @@ vllm_xargs), streaming, usage, resolution modes, image URLs under the SSRF rules
 from __future__ import annotations
 
 import base64
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import openai
 import pytest
-from conftest import OCR_TEST_TEXT, cer, render
+from conftest import OCR_TEST_TEXT, cer, render, serve_http
 from service import start_service, stop_service
 
 SCAN = render("ocr_test.pdf")
@@ -45,10 +44,8 @@ class Pages(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def page_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Pages)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    with serve_http(Pages) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

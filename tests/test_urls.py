@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from conftest import OCR_TEST_TEXT, cer, make_client, render, wait_ready
+from conftest import OCR_TEST_TEXT, cer, make_client, render, serve_http, wait_ready
 
 from config import Settings
 
@@ -40,10 +39,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    with serve_http(Handler) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
