@@ -4,9 +4,10 @@ Same synthetic A4 pages, prompt, modes plugin and guard choices as the service: 
 vllm (vLLM's NGramPerReqLogitsProcessor, the recipe's guard: with a cold pass this is the naive path of
 the official scripts) or none. Passes over the same pages: the first is cold (vLLM preprocesses every
 page serially in this process); later passes hit the multimodal processor cache (--mm-cache-gb > 0), so
-they measure the engine without preprocessing. Prints one RESULT line (JSON) per pass.
+they measure the engine without preprocessing. A pass named `...-noguard` runs without the guard on the
+same engine (the ceiling the guard is measured against). Prints one RESULT line (JSON) per pass.
 
-    python bench/engine_bench.py --guard batched --passes cold,cached --mm-cache-gb 16
+    python bench/engine_bench.py --guard batched --passes cold,cached,cached-noguard --mm-cache-gb 16
 """
 
 from __future__ import annotations
@@ -64,22 +65,28 @@ def main() -> None:
     print(f"engine up in {time.time() - t0:.1f} s (guard {args.guard})", flush=True)
     inputs = [{"prompt": PROMPT, "multi_modal_data": {"image": page(p)}} for p in range(args.pages)]
     guard = {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
-    params = SamplingParams(
-        temperature=0.0, max_tokens=args.out_tokens, ignore_eos=True, skip_special_tokens=False,
-        extra_args=guard if args.guard != "none" else None,
-    )  # fmt: skip
-    llm.generate([{"prompt": PROMPT, "multi_modal_data": {"image": page(10_000)}}] * 2, params)  # warm-up
+
+    def params(guarded: bool) -> SamplingParams:
+        return SamplingParams(
+            temperature=0.0, max_tokens=args.out_tokens, ignore_eos=True, skip_special_tokens=False,
+            extra_args=guard if guarded else None,
+        )  # fmt: skip
+
+    llm.generate([{"prompt": PROMPT, "multi_modal_data": {"image": page(10_000)}}] * 2, params(True))  # warm-up
     for i, kind in enumerate(args.passes.split(",")):
+        guarded = args.guard != "none" and not kind.endswith("noguard")
         t1 = time.time()
-        outs = llm.generate(inputs, params)
+        outs = llm.generate(inputs, params(guarded))
         dt = time.time() - t1
         out_tok = sum(len(o.outputs[0].token_ids) for o in outs)
         print("RESULT", json.dumps({
-            "kind": f"engine-{kind}-guard-{args.guard}", "pass_no": i, "pages": args.pages, "seconds": round(dt, 2),
+            "kind": f"engine-{kind}-guard-{args.guard if guarded else 'none'}", "pass_no": i, "pages": args.pages,
+            "seconds": round(dt, 2),
             "pages_per_s": round(args.pages / dt, 3), "out_tok_per_s": round(out_tok / dt, 1),
             "prompt_tokens_per_page": sum(len(o.prompt_token_ids) for o in outs) // args.pages,
             "out_tokens_per_page": out_tok // args.pages, "max_num_seqs": args.max_num_seqs,
             "kv_cache_dtype": args.kv_cache_dtype, "mm_cache_gb": args.mm_cache_gb,
+            "tuned_moe": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"),
         }), flush=True)  # fmt: skip
 
 

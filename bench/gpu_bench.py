@@ -5,7 +5,8 @@ POST /generate with the repetition guard on, ignore_eos and a fixed max_tokens. 
   modes       every mode x a tall, a wide and a square page: prompt tokens must equal our tile arithmetic
               (usage.prompt_tokens - tiles.image_tokens is the same text-token count for every request)
   mode_rates  pages/s per mode (--mode-pages pages at once, --out-tokens each)
-  burst       --pages pages at once in Gundam, --passes times: pages/s and the preprocessing wait p50/p90
+  burst       --pages pages at once in Gundam, --passes times: pages/s and the preprocessing wait p50/p90;
+              with --profile-s, py-spy samples the API process's GIL during the first pass (bench/pyspy_summary.py)
   soak        --soak-requests requests, --soak-concurrency at a time, 10% of clients leave early: status
               counts, vLLM's running requests and KV-cache use afterwards, API-process RSS start/end
   death       a burst, then vLLM's EngineCore process is killed: in-flight answers, /ready, process exit
@@ -24,13 +25,17 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 from PIL import Image, ImageDraw
+from pyspy_summary import report
 from service import start_service, stop_service
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown. "
@@ -114,12 +119,29 @@ def phase_mode_rates(base: str, modes: list[str], pages: int, out_tokens: int) -
             result(kind=f"mode-{mode}", error=str(e)[:300])
 
 
-def phase_burst(base: str, pages: int, out_tokens: int, passes: int, label: str) -> None:
+def start_profile(pid: int, seconds: float, delay: float, out: Path) -> subprocess.Popen | None:
+    """py-spy on the API process (GIL holders only, every thread) after `delay` s, for `seconds` s."""
+    where = os.pathsep.join([str(Path(sys.executable).parent), "/tmp/site/bin", os.environ.get("PATH", "")])
+    spy = shutil.which("py-spy", path=where)
+    if spy is None:
+        print("py-spy not found: no profile", flush=True)
+        return None
+    cmd = [spy, "record", "--pid", str(pid), "--gil", "--threads", "--rate", "100", "--duration", str(int(seconds)),
+           "--format", "raw", "--output", str(out), "--nonblocking"]  # fmt: skip
+    return subprocess.Popen(["bash", "-c", f"sleep {delay}; exec " + " ".join(cmd)])
+
+
+def phase_burst(base: str, pages: int, out_tokens: int, passes: int, label: str, pid: int, profile_s: float) -> None:
     pngs = [b64(synthetic_page(p)) for p in range(pages)]
     body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True, "mode": "gundam"}
+    prof = Path(os.environ.get("OUT", tempfile.gettempdir())) / f"pyspy_{label}.txt"
     for i in range(passes):
+        spy = start_profile(pid, profile_s, 3, prof) if profile_s and i == 0 else None
         dt, outs = asyncio.run(send_all(base, [{**body, "image_base64": b} for b in pngs]))
         rate(f"service-http-{label}", pages, dt, outs, pass_no=i)
+        if spy is not None:
+            spy.wait(timeout=profile_s + 30)
+            print(report(prof, 100, profile_s), flush=True)
 
 
 def rss_mb(pid: int) -> float:
@@ -227,12 +249,14 @@ def main() -> None:
     ap.add_argument("--out-tokens", type=int, default=1000)
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--mode-pages", type=int, default=64)
+    ap.add_argument("--rate-modes", default="", help="modes for mode_rates, comma-separated (default: all)")
     ap.add_argument("--soak-requests", type=int, default=2000)
     ap.add_argument("--soak-concurrency", type=int, default=256)
     ap.add_argument("--soak-tokens", type=int, default=48)
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--workers", type=int, default=16, help="NUM_WORKERS: renderer threads")
     ap.add_argument("--ngram-impl", default="batched")
+    ap.add_argument("--profile-s", type=float, default=0, help="py-spy the API process during the first burst")
     ap.add_argument("--label", default="batched")
     ap.add_argument("--extra-env", default="", help="KEY=VALUE,... passed to the server")
     args = ap.parse_args()
@@ -260,9 +284,10 @@ def main() -> None:
                 if phase == "modes":
                     phase_modes(base, modes)
                 elif phase == "mode_rates":
-                    phase_mode_rates(base, modes, args.mode_pages, args.out_tokens)
+                    picked = [m for m in args.rate_modes.split(",") if m] or modes
+                    phase_mode_rates(base, picked, args.mode_pages, args.out_tokens)
                 elif phase == "burst":
-                    phase_burst(base, args.pages, args.out_tokens, args.passes, args.label)
+                    phase_burst(base, args.pages, args.out_tokens, args.passes, args.label, server.pid, args.profile_s)
                 elif phase == "soak":
                     phase_soak(base, server.pid, args.soak_requests, args.soak_concurrency, args.soak_tokens)
                 elif phase == "death":

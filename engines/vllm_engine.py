@@ -4,8 +4,9 @@
   model classes of engines/vllm_modes.py (a vLLM plugin) count the placeholders to match.
 - Input processing goes through vLLM's renderer (`render_cmpl_async`: tiling, tensors, tokens in the
   renderer's thread pool of NUM_WORKERS threads), never on the event loop.
-- The repetition guard is the batched GPU version (process/ngram_norepeat.py), same semantics and
-  extra_args as vLLM's NGramPerReqLogitsProcessor (NGRAM_IMPL=vllm selects vLLM's own).
+- The repetition guard is the batched one (process/ngram_norepeat.py: one vectorised pass per step, no
+  device sync, correct under vLLM's async scheduling), same semantics and extra_args as vLLM's
+  NGramPerReqLogitsProcessor (NGRAM_IMPL=vllm selects vLLM's own).
 - A cancelled request (client gone) is aborted in the engine. If vLLM's engine-core process dies, every
   request gets 503 with the reason, /ready turns 503, and the app's ENGINE_DEATH policy runs.
 """

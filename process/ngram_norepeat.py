@@ -1,13 +1,19 @@
-"""The repetition guard of DeepSeek-OCR, batched on the GPU.
+"""The repetition guard of DeepSeek-OCR, batched, without stalling the GPU.
 
 Semantics (the official NoRepeatNGramLogitsProcessor, per request, over generated tokens only): once a
 request has at least `n` output tokens, ban every token t such that (last n-1 tokens, t) already occurs
 as an n-gram starting inside the last `window` tokens; whitelisted tokens (<td>, </td>) are never banned.
 
 vLLM's NGramPerReqLogitsProcessor runs that loop in Python for every request at every step. Here each
-request's last `window` tokens live in one [max_batch, window] tensor on the device, shifted by the new
-token each step, and all requests are matched at once with `unfold` + compare. The pure pieces
-(`reference_bans`, `ngram_bans`, `TokenWindows`) are unit-tested on CPU tensors.
+request's last tokens live in one [max_batch, width] array, shifted by the new token each step, and all
+requests are matched at once (a sliding-window view + compare). The arrays stay on the CPU on purpose:
+vLLM schedules asynchronously (the CPU prepares step k+1 while the GPU runs step k), and any device ->
+host read in a logits processor (`nonzero`, `.item()`, a pageable copy) would stall that pipeline every
+step. Only the few banned (row, token) pairs go to the device, with a non-blocking copy.
+
+Tokens are read in `apply`, not in `update_state`: under async scheduling the newest output token is
+still a -1 placeholder when vLLM calls `update_state`, and vLLM fills it in just before sampling.
+The pure pieces (`reference_bans`, `ngram_bans`, `TokenWindows`) are unit-tested on the CPU.
 """
 
 from __future__ import annotations
@@ -15,9 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 
-PAD = -1  # an empty slot in a window (never a real token id)
+PAD = -1  # an empty slot in a window; also vLLM's placeholder for a token not yet sampled
+Params = tuple[int, int, tuple[int, ...]]  # (n, window, whitelist)
 
 
 def reference_bans(output_ids: Sequence[int], n: int, window: int, whitelist: set[int] = frozenset()) -> set[int]:
@@ -31,8 +40,8 @@ def reference_bans(output_ids: Sequence[int], n: int, window: int, whitelist: se
 
 
 def ngram_bans(
-    windows: torch.Tensor, lengths: torch.Tensor, n: int, whitelist: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+    windows: np.ndarray, lengths: np.ndarray, n: int, whitelist: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(rows, tokens) to ban for a batch.
 
     windows: [B, W] the last W output tokens of each row, right-aligned, PAD on the left.
@@ -40,43 +49,54 @@ def ngram_bans(
     """
     b, w = windows.shape
     if w < n or b == 0:
-        empty = torch.empty(0, dtype=torch.long, device=windows.device)
+        empty = np.empty(0, dtype=np.int64)
         return empty, empty
-    grams = windows.unfold(1, n, 1)  # [B, W-n+1, n]: every n-gram inside the window
-    prefix = windows[:, w - (n - 1) :] if n > 1 else windows[:, :0]  # [B, n-1]
-    match = (grams[:, :, : n - 1] == prefix[:, None, :]).all(dim=-1)  # [B, W-n+1]
-    last = grams[:, :, n - 1]
-    match &= last != PAD
-    match &= (lengths >= n)[:, None]
-    if whitelist.numel():
-        match &= ~torch.isin(last, whitelist)
-    rows, cols = match.nonzero(as_tuple=True)
-    return rows, last[rows, cols]
+    grams = sliding_window_view(windows, n, axis=1)  # [B, W-n+1, n]: every n-gram inside the window (a view)
+    # Candidates first: n-grams whose (n-1)th token is the row's newest token; only those are compared whole.
+    ok = (grams[:, :, n - 1] != PAD) & (lengths >= n)[:, None]
+    if n > 1:
+        ok &= grams[:, :, n - 2] == windows[:, -1:]
+    rows, cols = np.nonzero(ok)
+    if n > 2 and rows.size:
+        whole = (grams[rows, cols, : n - 1] == windows[rows, w - (n - 1) :]).all(axis=-1)
+        rows, cols = rows[whole], cols[whole]
+    tokens = grams[rows, cols, n - 1].astype(np.int64)
+    if whitelist.size and tokens.size:
+        keep = ~np.isin(tokens, whitelist)
+        rows, tokens = rows[keep], tokens[keep]
+    return rows, tokens
 
 
 @dataclass
 class _Row:
-    params: tuple[int, int, tuple[int, ...]]  # (n, window, whitelist)
+    params: Params
     output: list[int]  # vLLM's live list of the request's output tokens
-    seen: int = 0  # how many of them are already in the window tensor
+    seen: int = -1  # how many of them are in the window array (-1: rebuild from the list)
+
+
+def _real_len(output: list[int]) -> int:
+    """Output tokens that are real (trailing -1 are placeholders vLLM has not filled in yet)."""
+    end = len(output)
+    while end and output[end - 1] == PAD:
+        end -= 1
+    return end
 
 
 class TokenWindows:
-    """Each batch row's last `width` output tokens on the device, kept up to date incrementally.
+    """Each batch row's last `width` output tokens, kept up to date incrementally.
 
-    Mirrors vLLM's persistent batch: `add`, `remove`, `move`/`swap` as BatchUpdate reports them, then
-    `sync()` before each step appends the tokens produced since the last step (one per row when
-    decoding; rows that gained more or were just added are rebuilt from their list).
+    Mirrors vLLM's persistent batch: `add`, `remove`, `move`/`swap` as BatchUpdate reports them; `sync()`
+    (run by `apply`) appends the tokens produced since the last step (one per row when decoding; rows that
+    gained more, lost some, or were just added are rebuilt from their list).
     """
 
-    def __init__(self, max_rows: int, width: int, device: torch.device | str = "cpu"):
+    def __init__(self, max_rows: int, width: int):
         self.width = width
-        self.device = torch.device(device)
-        self.tokens = torch.full((max_rows, width), PAD, dtype=torch.long, device=self.device)
+        self.tokens = np.full((max_rows, width), PAD, dtype=np.int64)
         self.rows: dict[int, _Row] = {}
 
-    def add(self, index: int, params: tuple[int, int, tuple[int, ...]], output: list[int]) -> None:
-        self.rows[index] = _Row(params, output, seen=-1)  # -1: rebuild at next sync
+    def add(self, index: int, params: Params, output: list[int]) -> None:
+        self.rows[index] = _Row(params, output)
 
     def remove(self, index: int) -> None:
         self.rows.pop(index, None)
@@ -98,40 +118,54 @@ class TokenWindows:
         self.tokens[[a, b]] = self.tokens[[b, a]]
 
     def sync(self) -> None:
-        step_rows, step_tokens, rebuild = [], [], []
+        step_rows, step_tokens = [], []
         for index, row in self.rows.items():
-            new = len(row.output) - row.seen
-            if row.seen >= 0 and new == 1:
+            real = _real_len(row.output)
+            if row.seen >= 0 and real == row.seen + 1:
                 step_rows.append(index)
-                step_tokens.append(row.output[-1])
-            elif new != 0:
-                rebuild.append(index)
-            row.seen = len(row.output)
+                step_tokens.append(row.output[real - 1])
+            elif real != row.seen:
+                tail = row.output[max(0, real - self.width) : real]
+                self.tokens[index] = PAD
+                if tail:
+                    self.tokens[index, self.width - len(tail) :] = tail
+            row.seen = real
         if step_rows:
-            idx = torch.tensor(step_rows, dtype=torch.long, device=self.device)
-            toks = torch.tensor(step_tokens, dtype=torch.long, device=self.device)
-            shifted = torch.roll(self.tokens[idx], shifts=-1, dims=1)
-            shifted[:, -1] = toks
-            self.tokens[idx] = shifted
-        for index in rebuild:
-            tail = self.rows[index].output[-self.width :]
-            row = [PAD] * (self.width - len(tail)) + list(tail)
-            self.tokens[index] = torch.tensor(row, dtype=torch.long, device=self.device)
+            idx = np.array(step_rows)
+            self.tokens[idx, :-1] = self.tokens[idx, 1:]
+            self.tokens[idx, -1] = step_tokens
+
+    def bans(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, tokens) every guarded row must not produce next."""
+        groups: dict[Params, list[int]] = {}
+        for index, row in self.rows.items():
+            if row.seen >= row.params[0]:
+                groups.setdefault(row.params, []).append(index)
+        found_rows, found_tokens = [], []
+        for (n, window, whitelist), indexes in groups.items():
+            idx = np.array(indexes)
+            lengths = np.array([self.rows[i].seen for i in indexes])
+            view = self.tokens[idx, max(0, self.width - window) :]
+            rows, toks = ngram_bans(view, lengths, n, np.array(whitelist, dtype=np.int64))
+            found_rows.append(idx[rows])
+            found_tokens.append(toks)
+        if not found_rows:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty
+        return np.concatenate(found_rows), np.concatenate(found_tokens)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Set banned tokens' logits to -inf, in place, for every row with a guard."""
-        groups: dict[tuple[int, int, tuple[int, ...]], list[int]] = {}
-        for index, row in self.rows.items():
-            if index < logits.shape[0] and len(row.output) >= row.params[0]:
-                groups.setdefault(row.params, []).append(index)
-        for (n, window, whitelist), indexes in groups.items():
-            idx = torch.tensor(indexes, dtype=torch.long, device=self.device)
-            lengths = torch.tensor([len(self.rows[i].output) for i in indexes], dtype=torch.long, device=self.device)
-            wl = torch.tensor(whitelist, dtype=torch.long, device=self.device)
-            view = self.tokens[idx][:, max(0, self.width - window) :]
-            rows, toks = ngram_bans(view, lengths, n, wl)
-            if rows.numel():
-                logits[idx[rows].to(logits.device), toks.to(logits.device)] = float("-inf")
+        """Set banned tokens' logits to -inf, in place, for every row with a guard (no device sync)."""
+        self.sync()
+        rows, toks = self.bans()
+        keep = rows < logits.shape[0]
+        if not keep.all():
+            rows, toks = rows[keep], toks[keep]
+        if rows.size:
+            pairs = torch.from_numpy(np.stack([rows, toks]))
+            if logits.device.type == "cuda":
+                pairs = pairs.pin_memory().to(logits.device, non_blocking=True)
+            logits[pairs[0], pairs[1]] = float("-inf")
         return logits
 
 
@@ -158,8 +192,7 @@ def make_vllm_processor():
             guard_params(sampling_params.extra_args)
 
         def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-            max_rows = vllm_config.scheduler_config.max_num_seqs
-            self.state = TokenWindows(max_rows, width=MAX_WINDOW, device=device)
+            self.state = TokenWindows(vllm_config.scheduler_config.max_num_seqs, width=MAX_WINDOW)
 
         def is_argmax_invariant(self) -> bool:
             return False
@@ -179,7 +212,6 @@ def make_vllm_processor():
                         self.state.swap(src, dst)
                     else:
                         self.state.move(src, dst)
-            self.state.sync()
 
         def apply(self, logits: torch.Tensor) -> torch.Tensor:
             return self.state.apply(logits) if self.state.rows else logits

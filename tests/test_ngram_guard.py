@@ -1,9 +1,11 @@
-"""The batched repetition guard bans exactly what the official per-request rule bans (CPU tensors)."""
+"""The batched repetition guard bans exactly what the official per-request rule bans, also the way vLLM's
+async scheduling feeds it (the newest token a -1 placeholder until just before sampling)."""
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -15,7 +17,6 @@ def batched(outputs: list[list[int]], n: int, window: int, whitelist=()) -> list
     rows = TokenWindows(len(outputs), width=window)
     for i, out in enumerate(outputs):
         rows.add(i, (n, window, tuple(whitelist)), out)
-    rows.sync()
     logits = torch.zeros(len(outputs), 50)
     rows.apply(logits)
     return [set(torch.nonzero(torch.isinf(logits[i])).flatten().tolist()) for i in range(len(outputs))]
@@ -49,7 +50,6 @@ def test_incremental_updates_follow_the_persistent_batch():
     for i in range(3):
         rows.add(i, (n, window, ()), outs[i])
     for step in range(60):
-        rows.sync()
         logits = torch.zeros(4, 6)
         rows.apply(logits)
         for i, row in rows.rows.items():
@@ -67,9 +67,41 @@ def test_incremental_updates_follow_the_persistent_batch():
             rows.move(2, 3)
 
 
+def test_async_scheduling_placeholders_are_never_read_as_tokens():
+    """vLLM appends -1 after each step and fills it in right before sampling (apply); update_state runs in
+    between. Bans must equal the reference on the real tokens at every step, whatever update_state saw."""
+    rng = random.Random(3)
+    n, window = 3, 10
+    rows = TokenWindows(2, width=window)
+    outs: list[list[int]] = [[], []]
+    banned_steps = 0
+    for i in range(2):
+        rows.add(i, (n, window, ()), outs[i])
+    for step in range(80):
+        for out in outs:  # the step before was sampled: vLLM's model runner appends a placeholder
+            out.append(-1)
+        if step % 7 == 3:  # a step where apply runs before the placeholder is filled: it is skipped
+            logits = torch.zeros(2, 5)
+            rows.apply(logits)
+            for i, out in enumerate(outs):
+                got = set(torch.nonzero(torch.isinf(logits[i])).flatten().tolist())
+                assert got == reference_bans(out[:-1], n, window), (step, i)
+        for out in outs:  # update_async_output_token_ids: the real token replaces the placeholder
+            out[-1] = rng.randrange(3)
+        logits = torch.zeros(2, 5)
+        rows.apply(logits)
+        for i, out in enumerate(outs):
+            got = set(torch.nonzero(torch.isinf(logits[i])).flatten().tolist())
+            assert got == reference_bans(out, n, window), (step, i)
+            tail = out[-window:]
+            assert rows.tokens[i][-len(tail) :].tolist() == tail  # the window holds real tokens only
+            banned_steps += bool(got)
+    assert banned_steps > 20  # the run did exercise bans
+
+
 def test_vectorised_core_directly():
-    windows = torch.tensor([[-1, -1, 5, 6, 5], [1, 1, 1, 1, 1]])
-    rows, toks = ngram_bans(windows, torch.tensor([3, 9]), 2, torch.tensor([], dtype=torch.long))
+    windows = np.array([[-1, -1, 5, 6, 5], [1, 1, 1, 1, 1]])
+    rows, toks = ngram_bans(windows, np.array([3, 9]), 2, np.array([], dtype=np.int64))
     assert sorted(zip(rows.tolist(), toks.tolist(), strict=True)) == [(0, 6), (1, 1), (1, 1), (1, 1), (1, 1)]
 
 
