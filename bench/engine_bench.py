@@ -48,6 +48,7 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     from engines import vllm_engine, vllm_register
+    from process.ngram_norepeat import violations
 
     vllm_register.register()
     if folder := vllm_engine.tuned_moe_folder():
@@ -79,6 +80,10 @@ def main() -> None:
         outs = llm.generate(inputs, params(guarded))
         dt = time.time() - t1
         out_tok = sum(len(o.outputs[0].token_ids) for o in outs)
+        # Tokens the guard's rule forbids, in the finished outputs: 0 with a working guard; random weights
+        # under greedy decoding loop, so the pass without the guard shows how many there would be.
+        rule = (guard["ngram_size"], guard["window_size"], set(guard["whitelist_token_ids"]))
+        broken = sum(violations(list(o.outputs[0].token_ids), *rule) for o in outs)
         print("RESULT", json.dumps({
             "kind": f"engine-{kind}-guard-{args.guard if guarded else 'none'}", "pass_no": i, "pages": args.pages,
             "seconds": round(dt, 2),
@@ -86,7 +91,7 @@ def main() -> None:
             "prompt_tokens_per_page": sum(len(o.prompt_token_ids) for o in outs) // args.pages,
             "out_tokens_per_page": out_tok // args.pages, "max_num_seqs": args.max_num_seqs,
             "kv_cache_dtype": args.kv_cache_dtype, "mm_cache_gb": args.mm_cache_gb,
-            "tuned_moe": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"),
+            "tuned_moe": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"), "guard_rule_violations": broken,
         }), flush=True)  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from process.ngram_norepeat import TokenWindows, guard_params, ngram_bans, reference_bans  # noqa: E402
+from process.ngram_norepeat import TokenWindows, guard_params, ngram_bans, reference_bans, violations  # noqa: E402
 
 
 def batched(outputs: list[list[int]], n: int, window: int, whitelist=()) -> list[set[int]]:
@@ -112,3 +112,28 @@ def test_params_from_extra_args():
     )  # fmt: skip
     with pytest.raises(ValueError):
         guard_params({"ngram_size": -1})
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_violations_count_what_the_rule_would_ban(seed):
+    rng = random.Random(seed)
+    n, window, whitelist = rng.choice([2, 3, 4]), rng.choice([6, 12, 90]), {0}
+    out = [rng.randrange(3) for _ in range(150)]
+    expected = sum(out[i] in reference_bans(out[:i], n, window, whitelist) for i in range(len(out)))
+    assert violations(out, n, window, whitelist) == expected
+    assert expected > 0  # random tokens from 3 values do repeat
+
+
+def test_guarded_generation_has_no_violations():
+    """Greedy decoding that would loop forever (always the same cycle) under the guard: no violations."""
+    n, window = 3, 20
+    rows = TokenWindows(1, width=window)
+    out: list[int] = []
+    rows.add(0, (n, window, ()), out)
+    for _ in range(200):
+        logits = torch.zeros(1, 50)
+        logits[0, len(out) % 3] = 1.0  # the "model" wants to repeat 0 1 2 0 1 2 ... (never all 50 banned)
+        rows.apply(logits)
+        out.append(int(torch.argmax(logits[0])))
+    assert violations(out, n, window) == 0
+    assert violations([i % 3 for i in range(200)], n, window) > 100
