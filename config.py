@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     gpu_mem_utilization: float = Field(0.75, gt=0.0, le=1.0)
     max_concurrency: int = Field(100, ge=1, le=4096, description="requests the engine runs at once")
     max_model_len: int = Field(8192, ge=512)
+    max_num_batched_tokens: int = Field(
+        16384, ge=1024,
+        description="vLLM tokens per engine step (prefill chunks, and how many page images the vision encoder "
+        "takes at once); 16384 is what vLLM's LLM class uses on a >= 70 GiB GPU (AsyncLLM's own default is 2048)",
+    )  # fmt: skip
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
     ngram_impl: Literal["batched", "vllm"] = Field(

@@ -47,6 +47,7 @@ def engine_args(settings: Settings, logits_processor: object) -> dict:
         "gpu_memory_utilization": settings.gpu_mem_utilization,
         "max_num_seqs": settings.max_concurrency,
         "max_model_len": settings.max_model_len,
+        "max_num_batched_tokens": settings.max_num_batched_tokens,
         "tensor_parallel_size": settings.tensor_parallel_size,
         "data_parallel_size": settings.data_parallel_size,
         "enable_prefix_caching": False,  # every page is a new image: nothing to reuse

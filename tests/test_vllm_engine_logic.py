@@ -35,6 +35,9 @@ def test_engine_args_follow_settings():
         kw["enable_prefix_caching"] is False and kw["logits_processors"] == ["proc"] and kw["kv_cache_dtype"] == "fp8"
     )
     assert kw["renderer_num_workers"] == s.num_workers  # input processing in NUM_WORKERS renderer threads
+    # AsyncLLM alone would run 2048 tokens a step (a couple of page images per vision-encoder pass)
+    assert kw["max_num_batched_tokens"] == 16384
+    assert engine_args(Settings(_env_file=None, max_num_batched_tokens=4096), "p")["max_num_batched_tokens"] == 4096
     assert engine_args(Settings(_env_file=None, mm_cache_gb=4), "p")["renderer_num_workers"] == 1  # vLLM's rule
 
 
