@@ -49,6 +49,15 @@ class Settings(BaseSettings):
         description="vLLM input processing in this many worker processes (0: in the API process's renderer "
         "threads; -1: half the CPU cores, at most 8). See bench/RESULTS.md before turning it on",
     )  # fmt: skip
+    vllm_api_servers: int = Field(
+        0, ge=0, le=64,
+        description="0: vLLM in this process (one AsyncLLM); N: `vllm serve` with N API servers as a child process "
+        "this service manages (same engine arguments, plugin and guard), so input processing scales with cores",
+    )  # fmt: skip
+    vllm_serve_port: int = Field(0, ge=0, le=65535, description="loopback port of that `vllm serve` (0: a free one)")
+    vllm_serve_start_timeout_s: float = Field(
+        900.0, gt=0, description="time that `vllm serve` has to answer /health (weights, compilation, CUDA graphs)"
+    )
     engine_death: Literal["exit", "stay"] = Field(
         "exit",
         description="when the engine's process dies: exit (SIGTERM to ourselves after ENGINE_DEATH_GRACE_S, so the "

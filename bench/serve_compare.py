@@ -21,22 +21,21 @@ from pathlib import Path
 from gpu_bench import synthetic_page
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from config import Settings  # noqa: E402
+from engines.vllm_serve_engine import serve_argv, serve_env, write_chat_template  # noqa: E402
+
 GUARD = {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
 
 
 def start_vllm(model: str, port: int, api_servers: int, log: Path) -> subprocess.Popen:
-    tpl = Path("/tmp/ocr_chat_template.jinja")
-    tpl.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--served-model-name", "deepseek-ocr",
-        "--load-format", "dummy", "--port", str(port), "--api-server-count", str(api_servers),
-        "--logits-processors", "engines.vllm_ngram:BatchedNGramLogitsProcessor",
-        "--no-enable-prefix-caching", "--mm-processor-cache-gb", "0", "--max-num-seqs", "256",
-        "--max-model-len", "8192", "--gpu-memory-utilization", "0.9",
-        "--chat-template", str(tpl), "--chat-template-content-format", "string",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": f"{os.environ.get('PYTHONPATH', '')}:{ROOT}"}
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    """`vllm serve` exactly as VLLM_API_SERVERS=N runs it (engines/vllm_serve_engine.serve_argv), dummy weights."""
+    settings = Settings(
+        _env_file=None, model_path=model, load_format="dummy", max_concurrency=256, gpu_mem_utilization=0.9,
+        max_model_len=8192, mm_cache_gb=0, vllm_api_servers=api_servers,
+    )  # fmt: skip
+    cmd = serve_argv(settings, port, write_chat_template(Path("/tmp")))
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=serve_env(os.environ), cwd=ROOT)
     t0 = time.time()
     while time.time() - t0 < 600:
         if proc.poll() is not None:
@@ -51,7 +50,7 @@ def start_vllm(model: str, port: int, api_servers: int, log: Path) -> subprocess
     raise SystemExit("vllm serve did not come up")
 
 
-async def peer_burst(port: int, pages: int, out_tokens: int) -> dict:
+async def peer_burst(port: int, model: str, pages: int, out_tokens: int) -> dict:
     import httpx
     from openai import AsyncOpenAI
 
@@ -64,7 +63,7 @@ async def peer_burst(port: int, pages: int, out_tokens: int) -> dict:
 
     async def one(url: str) -> int:
         r = await client.chat.completions.create(
-            model="deepseek-ocr", max_tokens=out_tokens, temperature=0.0, extra_body=extra,
+            model=model, max_tokens=out_tokens, temperature=0.0, extra_body=extra,
             messages=[{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": url}},
                 {"type": "text", "text": "<|grounding|>Convert the document to markdown. "}]}],
@@ -91,7 +90,7 @@ def main() -> None:
     log = Path("/tmp/vllm_serve.log")
     proc = start_vllm(args.model, args.port, args.api_servers, log)
     try:
-        peer = asyncio.run(peer_burst(args.port, args.pages, args.out_tokens))
+        peer = asyncio.run(peer_burst(args.port, args.model, args.pages, args.out_tokens))
         print("RESULT", json.dumps({"kind": f"vllm-serve-{args.api_servers}-api-batched-guard", **peer}), flush=True)
         env = f"REMOTE_URLS=http://127.0.0.1:{args.port},REMOTE_CONCURRENCY=512"
         subprocess.run(

@@ -44,11 +44,15 @@ def choose_engine(settings: Settings) -> tuple[str, str]:
 
 def build_engine(settings: Settings) -> OCREngine:
     kind, why = choose_engine(settings)
-    log.info("engine: %s (%s)", kind, why)
-    if kind == "vllm":
+    if kind == "vllm" and settings.vllm_api_servers > 0:
+        from engines.vllm_serve_engine import ManagedVLLMServeEngine
+
+        why += f"; VLLM_API_SERVERS={settings.vllm_api_servers}: `vllm serve` as a managed child"
+        engine: OCREngine = ManagedVLLMServeEngine(settings)
+    elif kind == "vllm":
         from engines.vllm_engine import VLLMEngine
 
-        engine: OCREngine = VLLMEngine(settings)
+        engine = VLLMEngine(settings)
     elif kind == "remote":
         from engines.remote_engine import RemoteEngine
 
@@ -57,5 +61,6 @@ def build_engine(settings: Settings) -> OCREngine:
         from engines.cpu_engine import CPUEngine
 
         engine = CPUEngine(settings)
+    log.info("engine: %s (%s)", kind, why)
     engine.selection_reason = why  # type: ignore[attr-defined]
     return engine

@@ -1,0 +1,304 @@
+"""ENGINE=vllm with VLLM_API_SERVERS=N: `vllm serve` with N API servers as a child process of this service.
+
+One API process holds one GIL for all input processing (measured: 72% of the engine-alone rate in-process,
+98% with `vllm serve --api-server-count 8`). So this service stays the front (uploads, PDFs, jobs, layouts)
+and runs vLLM's OpenAI server on loopback with the same engine arguments as the in-process engine
+(engine_args), this service's vLLM plugin (every mode) and repetition guard, and sends it pages as the
+remote engine does.
+- start(): spawn the child in its own process group (its API servers and EngineCore join it), log to
+  DATA_DIR/vllm_serve/serve.log, wait for its /health; a child that exits or never answers leaves the
+  reason (exit code, last log lines) in /ready while /health keeps answering.
+- The child's exit while serving is the engine's death: 503 engine_unavailable with the reason, and the
+  ENGINE_DEATH policy. The rest of its process group is killed: nothing outlives it.
+- stop(): SIGTERM to the group, SIGKILL to what is left after STOP_GRACE_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import httpx
+
+from config import Settings
+from deepseek_ocr import EngineUnavailable
+from engines.remote_engine import Backend, BackendFailed, RemoteEngine
+from engines.vllm_engine import FAMILIES, FAMILY_MODES, engine_args, tuned_moe_folder
+
+log = logging.getLogger("ocr.vllm_serve")
+ROOT = Path(__file__).resolve().parents[1]
+NGRAM_PROCESSORS = {
+    "batched": "engines.vllm_ngram:BatchedNGramLogitsProcessor",
+    "vllm": "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor",
+}
+# The message's content as the prompt: vLLM puts the image placeholder before the text ("<image>\n" + text),
+# which is the prompt the in-process engine sends (remote_engine.chat_body strips it from ours).
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+# engine_args keywords that are not `vllm serve` flags here: the N API servers are the preprocessing
+# parallelism (vLLM's default of one renderer thread each, as measured), not NUM_WORKERS threads.
+NOT_SERVE_FLAGS = {"renderer_num_workers"}
+# Booleans whose vLLM default is not False, so False must be written (--no-...).
+EXPLICIT_FALSE = {"enable_prefix_caching"}
+HEALTH_POLL_S = 0.5
+EXIT_SETTLE_S = 1.0  # a failed call waits this long for the child's exit before its retry
+STOP_GRACE_S = 30.0
+
+
+def engine_flags(kw: dict) -> list[str]:
+    """engine_args keywords (model aside) as `vllm serve` flags: the same names, dashed."""
+    out: list[str] = []
+    for key, value in kw.items():
+        if key == "model" or key in NOT_SERVE_FLAGS:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                out.append(flag)
+            elif key in EXPLICIT_FALSE:
+                out.append("--no-" + flag[2:])
+        elif isinstance(value, list | tuple):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def serve_argv(settings: Settings, port: int, template_path: Path | str) -> list[str]:
+    """The `vllm serve` command line of VLLM_API_SERVERS=N: the in-process engine's arguments, N API servers."""
+    kw = engine_args(settings, NGRAM_PROCESSORS[settings.ngram_impl])
+    return [
+        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", kw["model"],
+        "--served-model-name", settings.model_path, "--host", "127.0.0.1", "--port", str(port),
+        "--api-server-count", str(max(1, settings.vllm_api_servers)),
+        *engine_flags(kw),
+        "--chat-template", str(template_path), "--chat-template-content-format", "string",
+    ]  # fmt: skip
+
+
+def serve_env(base: Mapping[str, str]) -> dict[str, str]:
+    """The child's environment: the repo importable (guard, plugin), the tuned MoE configs if any."""
+    env = dict(base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), base.get("PYTHONPATH", "")) if p)
+    if folder := tuned_moe_folder():
+        env.setdefault("VLLM_TUNED_CONFIG_FOLDER", folder)
+    return env
+
+
+def write_chat_template(folder: Path) -> Path:
+    path = folder / "chat_template.jinja"
+    path.write_text(CHAT_TEMPLATE)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 5) -> list[str]:
+    """The last non-empty lines of a log file."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+
+
+def exit_text(code: int) -> str:
+    """An exit status as words: a negative one is the signal that ended the process."""
+    with contextlib.suppress(ValueError):
+        if code < 0:
+            return f"code {code} ({signal.Signals(-code).name})"
+    return f"code {code}"
+
+
+def model_family(model_path: str) -> str | None:
+    """DeepSeek-OCR or DeepSeek-OCR-2, from a local weights folder's config.json (None if unknown)."""
+    try:
+        arch = json.loads((Path(model_path) / "config.json").read_text())["architectures"][0]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return FAMILIES.get(arch)
+
+
+class ManagedVLLMServeEngine(RemoteEngine):
+    name = "vllm"
+
+    def __init__(
+        self,
+        settings: Settings,
+        argv: Callable[[int], list[str]] | None = None,
+        env: Mapping[str, str] | None = None,
+    ):
+        """`argv(port)` and `env` replace the `vllm serve` command and add to its environment (tests only)."""
+        super().__init__(settings)
+        self.backends = [Backend("http://127.0.0.1:0", self.capacity())]  # the port is picked at start
+        self._argv, self._env = argv, dict(env or {})
+        self._proc: asyncio.subprocess.Process | None = None
+        self._exit: asyncio.Task | None = None  # the child's exit code, once it exits
+        self._exit_reason: str | None = None
+        self._serving = self._stopping = self._group_killed = False
+        self.port: int | None = None
+        self.log_path: Path | None = None
+        self.start_seconds: float | None = None
+        if family := model_family(settings.model_path):
+            self.modes, self.token_strategy = FAMILY_MODES[family]
+
+    def capacity(self) -> int:
+        """Twice vLLM's max_num_seqs in flight, so its scheduler always has the next pages waiting."""
+        return 2 * self.settings.max_concurrency
+
+    # --- the child ------------------------------------------------------------------------
+
+    def _workdir(self) -> Path:
+        folder = self.settings.data_dir / "vllm_serve"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        except OSError:
+            return Path(tempfile.mkdtemp(prefix="vllm_serve_"))
+
+    async def start(self) -> None:
+        t0 = time.monotonic()
+        try:
+            problem = await self._spawn(t0)
+        except Exception as e:  # the app keeps serving /health and says why; nothing crash-loops
+            problem = f"{type(e).__name__}: {e}"
+            log.exception("vllm serve could not start")
+        if problem:
+            self.error = f"vllm serve could not start: {problem}"
+            log.error("%s\n%s", self.error, "\n".join(log_tail(self.log_path, 40)) if self.log_path else "")
+            await self._terminate(10)
+            return
+        assert self._proc is not None
+        self.start_seconds = round(time.monotonic() - t0, 1)
+        log.info("vllm serve (pid %d) answers on port %d after %.1f s", self._proc.pid, self.port, self.start_seconds)
+        self.backends[0].url = f"http://127.0.0.1:{self.port}"
+        self._serving = True
+        await super().start()
+        if self._exit_reason and self._health:  # it died while we connected
+            self._health.cancel()
+
+    async def _spawn(self, t0: float) -> str | None:
+        """Start the child and wait for its /health: None once it answers, else why not."""
+        work = self._workdir()
+        self.log_path = work / "serve.log"
+        self.port = self.settings.vllm_serve_port or free_port()
+        argv = self._argv(self.port) if self._argv else serve_argv(self.settings, self.port, write_chat_template(work))
+        log.info("starting: %s (log %s)", " ".join(argv), self.log_path)
+        with self.log_path.open("wb") as out:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=ROOT, env=serve_env({**os.environ, **self._env}), stdin=asyncio.subprocess.DEVNULL,
+                stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,  # its own process group
+            )  # fmt: skip
+        self._exit = asyncio.create_task(self._proc.wait())
+        self._exit.add_done_callback(self._exited)
+        return await self._wait_up(f"http://127.0.0.1:{self.port}", t0 + self.settings.vllm_serve_start_timeout_s)
+
+    async def _wait_up(self, base: str, deadline: float) -> str | None:
+        """None once the child answers /health; else why not (it exited, or the time ran out)."""
+        assert self._exit is not None and self.log_path is not None
+        log_path = self.log_path
+
+        def tail() -> str:
+            return f"log {log_path}: " + " | ".join(log_tail(log_path))
+
+        async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+            while not self._exit.done():
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{base}/health")).status_code == 200:
+                        return None
+                if time.monotonic() > deadline:
+                    limit = self.settings.vllm_serve_start_timeout_s
+                    return f"no answer on {base}/health in {limit:.0f} s (VLLM_SERVE_START_TIMEOUT_S); {tail()}"
+                await asyncio.wait({self._exit}, timeout=HEALTH_POLL_S)
+        return f"exited with {exit_text(self._exit.result())}; {tail()}"
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, sig)
+
+    def _kill_group(self) -> None:
+        """SIGKILL to what is left of the child's group (once: the group id is free for reuse afterwards)."""
+        if not self._group_killed:
+            self._group_killed = True
+            self._signal_group(signal.SIGKILL)
+
+    def _exited(self, task: asyncio.Task) -> None:
+        """The child exited: nothing of its group may outlive it; while serving, the engine died."""
+        self._kill_group()
+        if task.cancelled() or self._stopping or not self._serving:
+            return
+        assert self.log_path is not None
+        tail = log_tail(self.log_path, 1)
+        last = f": {tail[0]}" if tail else ""
+        self._exit_reason = f"vllm serve exited with {exit_text(task.result())}{last} (log {self.log_path})"
+        if self._health:
+            self._health.cancel()  # its port may answer again, but not our child: no coming back
+        self.backends[0].up, self.backends[0].last_error = False, self._exit_reason
+        self.died(self._exit_reason)  # 503 with the reason, then the ENGINE_DEATH policy
+        self._changed()  # requests waiting for a slot wake and get the reason
+
+    async def _terminate(self, grace: float) -> None:
+        if self._exit is None:
+            return
+        if not self._exit.done():
+            self._signal_group(signal.SIGTERM)
+            await asyncio.wait({self._exit}, timeout=grace)
+        if not self._exit.done():
+            log.warning("vllm serve still runs %.0f s after SIGTERM: SIGKILL", grace)
+        self._kill_group()
+        await asyncio.wait({self._exit}, timeout=10)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await super().stop()
+        await self._terminate(STOP_GRACE_S)
+
+    # --- the remote engine's view of its one backend -----------------------------------------
+
+    def _changed(self) -> None:
+        super()._changed()
+        if self._exit_reason:  # dead stays dead, whatever a late health check saw
+            self.ready, self.error = False, self._exit_reason
+
+    def _unavailable(self) -> EngineUnavailable:
+        return EngineUnavailable(f"the vllm engine is not available: {self._exit_reason}")
+
+    async def _acquire(self, tried: list[BackendFailed]) -> Backend:
+        if tried and self._exit is not None:
+            # A call that failed may have met the child dying: its sockets close a moment before its exit is seen.
+            await asyncio.wait({self._exit}, timeout=EXIT_SETTLE_S)
+        if self._exit_reason:
+            raise self._unavailable()
+        try:
+            return await super()._acquire(tried)
+        except EngineUnavailable:
+            if self._exit_reason:
+                raise self._unavailable() from None
+            raise
+
+    def info(self) -> dict:
+        return {
+            **super().info(),
+            "shape": "vllm serve (managed)",
+            "api_servers": self.settings.vllm_api_servers,
+            "port": self.port,
+            "pid": self._proc.pid if self._proc else None,
+            "log": str(self.log_path) if self.log_path else None,
+            "start_seconds": self.start_seconds,
+        }

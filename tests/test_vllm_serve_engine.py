@@ -1,0 +1,223 @@
+"""ENGINE=vllm with VLLM_API_SERVERS=N: the `vllm serve` command line, and the managed child's lifecycle.
+
+vLLM is not installed here, so the lifecycle runs THIS service (CPU engine, its OpenAI-compatible /v1) as the
+child, through the engine's argv override: a real process group, real pages, a real SIGKILL. A `sleep` started
+in the child's process group stands in for vLLM's API-server and EngineCore processes: it must not outlive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import jinja2
+import pytest
+from conftest import OCR_TEST_TEXT, cer, make_client, wait_ready
+from PIL import Image
+
+import pipeline
+from config import Settings
+from engines import vllm_serve_engine
+from engines.factory import build_engine
+from engines.remote_engine import chat_body
+from engines.vllm_engine import VLLMEngine, engine_args, engine_prompt
+from engines.vllm_serve_engine import (
+    CHAT_TEMPLATE,
+    NOT_SERVE_FLAGS,
+    ROOT,
+    ManagedVLLMServeEngine,
+    serve_argv,
+    serve_env,
+)
+from process.image_process import MODES, OCR2_MODES
+
+# --- the command line (pure) ---------------------------------------------------------------------------
+
+
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_serve_argv_is_the_in_process_engine_with_n_api_servers():
+    s = Settings(_env_file=None, model_path="/models/deepseek-ocr", vllm_api_servers=8)
+    argv = serve_argv(s, 8123, "/data/vllm_serve/chat_template.jinja")
+    assert argv == [
+        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", "/models/deepseek-ocr",
+        "--served-model-name", "/models/deepseek-ocr", "--host", "127.0.0.1", "--port", "8123",
+        "--api-server-count", "8",
+        "--load-format", "auto", "--gpu-memory-utilization", "0.75", "--max-num-seqs", "100",
+        "--max-model-len", "8192", "--tensor-parallel-size", "1", "--data-parallel-size", "1",
+        "--no-enable-prefix-caching", "--mm-processor-cache-gb", "0.0", "--kv-cache-dtype", "auto",
+        "--logits-processors", "engines.vllm_ngram:BatchedNGramLogitsProcessor",
+        "--chat-template", "/data/vllm_serve/chat_template.jinja", "--chat-template-content-format", "string",
+    ]  # fmt: skip
+    # Every engine argument of the in-process engine is on it, but the renderer threads (the API servers replace them).
+    for key, value in engine_args(s, "p").items():
+        if key != "model" and key not in NOT_SERVE_FLAGS and not isinstance(value, bool):
+            assert "--" + key.replace("_", "-") in argv, key
+
+
+def test_serve_argv_follows_the_settings():
+    s = Settings(_env_file=None, model_path="deepseek-ai/DeepSeek-OCR", vllm_api_servers=2, ngram_impl="vllm",
+                 enforce_eager=True, kv_cache_dtype="fp8", tensor_parallel_size=2, data_parallel_size=4,
+                 max_concurrency=256, gpu_mem_utilization=0.9, load_format="dummy", mm_cache_gb=2)  # fmt: skip
+    argv = serve_argv(s, 9000, Path("/t/c.jinja"))
+    assert flag(argv, "--api-server-count") == "2" and flag(argv, "--port") == "9000"
+    assert flag(argv, "--logits-processors") == "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
+    assert "--enforce-eager" in argv and flag(argv, "--kv-cache-dtype") == "fp8"
+    assert flag(argv, "--tensor-parallel-size") == "2" and flag(argv, "--data-parallel-size") == "4"
+    assert flag(argv, "--max-num-seqs") == "256" and flag(argv, "--gpu-memory-utilization") == "0.9"
+    assert flag(argv, "--load-format") == "dummy" and flag(argv, "--mm-processor-cache-gb") == "2.0"
+    assert "--renderer-num-workers" not in argv
+    assert "--enforce-eager" not in serve_argv(Settings(_env_file=None), 1, "t")
+
+
+def test_serve_env_makes_the_repo_importable(monkeypatch, tmp_path):
+    monkeypatch.setattr(vllm_serve_engine, "tuned_moe_folder", lambda: None)
+    env = serve_env({"PYTHONPATH": "/opt/x", "HOME": "/root"})
+    assert env["PYTHONPATH"] == f"{ROOT}{os.pathsep}/opt/x" and env["HOME"] == "/root"
+    assert "VLLM_TUNED_CONFIG_FOLDER" not in env and serve_env({})["PYTHONPATH"] == str(ROOT)
+    monkeypatch.setattr(vllm_serve_engine, "tuned_moe_folder", lambda: str(tmp_path))
+    assert serve_env({})["VLLM_TUNED_CONFIG_FOLDER"] == str(tmp_path)
+    assert serve_env({"VLLM_TUNED_CONFIG_FOLDER": "/mine"})["VLLM_TUNED_CONFIG_FOLDER"] == "/mine"
+
+
+def test_the_chat_template_gives_vllm_the_in_process_prompt():
+    """vLLM's "string" content format puts the image placeholder before the text part ("<image>\\n" + text);
+    the template passes that on as the whole prompt, which must be what the in-process engine sends."""
+    s = Settings(_env_file=None)
+    engine = ManagedVLLMServeEngine(s)
+    for prompt in ("document", "free", "Describe this image in detail."):
+        req = pipeline.build_request(s, Image.new("RGB", (64, 64)), prompt, engine=engine)
+        text = chat_body(req, "m", "data:,", stream=False)["messages"][0]["content"][1]["text"]
+        content = "<image>\n" + text  # vLLM: placeholder, separator "\n", the text
+        rendered = jinja2.Template(CHAT_TEMPLATE).render(messages=[{"role": "user", "content": content}])
+        assert rendered == engine_prompt(req)["prompt"]
+
+
+def test_factory_builds_the_managed_engine_for_vllm_api_servers(tmp_path):
+    s = Settings(_env_file=None, engine="vllm", vllm_api_servers=4, max_concurrency=64)
+    engine = build_engine(s)
+    assert isinstance(engine, ManagedVLLMServeEngine) and engine.name == "vllm"
+    assert engine.capacity() == 128 and engine.backends[0].limit == 128  # 2 x MAX_CONCURRENCY in flight
+    assert "VLLM_API_SERVERS=4" in engine.selection_reason  # type: ignore[attr-defined]
+    assert engine.modes == MODES
+    assert isinstance(build_engine(Settings(_env_file=None, engine="vllm")), VLLMEngine)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["DeepseekOCR2ForCausalLM"]}))
+    ocr2 = ManagedVLLMServeEngine(Settings(_env_file=None, model_path=str(tmp_path), vllm_api_servers=1))
+    assert ocr2.modes == OCR2_MODES and ocr2.token_strategy == "v2"
+
+
+# --- the lifecycle, with real processes ---------------------------------------------------------------
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`, from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+def wait_group_gone(pgid: int, timeout: float = 10) -> None:
+    deadline = time.time() + timeout
+    while members := group_members(pgid):
+        assert time.time() < deadline, f"processes of the child's group still alive: {members}"
+        time.sleep(0.1)
+
+
+def child_argv(port: int) -> list[str]:
+    """This service on the CPU engine, with a sleeping process in its group (vLLM's other processes)."""
+    script = 'sleep 600 & exec "$0" -m uvicorn serve_ocr:app --host 127.0.0.1 --port "$1"'
+    return ["sh", "-c", script, sys.executable, str(port)]
+
+
+@pytest.fixture
+def managed(monkeypatch, tmp_path):
+    """A TestClient of the app on ENGINE=vllm, VLLM_API_SERVERS=1, whose child is this service (CPU engine)."""
+    child_env = {"ENGINE": "cpu", "NUM_WORKERS": "1", "DATA_DIR": str(tmp_path / "child"), "LOG_FORMAT": "text"}
+    cls = functools.partial(ManagedVLLMServeEngine, argv=child_argv, env=child_env)
+    monkeypatch.setattr(vllm_serve_engine, "ManagedVLLMServeEngine", cls)  # what the factory builds
+    settings = Settings(_env_file=None, engine="vllm", vllm_api_servers=1, engine_death="stay", num_workers=1,
+                        max_concurrency=2, remote_health_interval_s=0.5, data_dir=tmp_path / "front")  # fmt: skip
+    return make_client(settings)
+
+
+def test_pages_go_through_the_managed_child_and_stop_leaves_no_process(managed, scan_png):
+    with managed as client:
+        wait_ready(client, timeout=120)
+        info = client.get("/").json()["engine"]
+        assert info["engine"] == "vllm" and info["shape"] == "vllm serve (managed)" and info["api_servers"] == 1
+        assert "VLLM_API_SERVERS=1" in info["selected_because"] and info["max_concurrency"] == 4
+        assert Path(info["log"]).is_file() and info["start_seconds"] is not None
+        pid, child = info["pid"], f"http://127.0.0.1:{info['port']}"
+        assert info["backends"][0]["url"] == child and info["backends"][0]["state"] == "up"
+        assert pid in group_members(pid) and len(group_members(pid)) == 2  # the child and its stand-in
+        r = client.post("/ocr/image/simple", files={"file": ("s.png", scan_png)})
+        assert r.status_code == 200, r.text
+        assert cer(r.json()["text"], OCR_TEST_TEXT) <= 0.1
+        assert httpx.get(f"{child}/").json()["engine"]["completed"] >= 1  # the child's CPU engine read it
+    wait_group_gone(pid)  # stop(): SIGTERM to the group, nothing left
+
+
+def test_a_killed_child_is_the_engines_death(managed, pg9_png, scan_png):
+    with managed as client:
+        wait_ready(client, timeout=120)
+        info = client.get("/").json()["engine"]
+        pid, child = info["pid"], f"http://127.0.0.1:{info['port']}"
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(client.post, "/ocr/image/simple", files={"file": ("p.png", pg9_png)})
+            deadline = time.time() + 30
+            while httpx.get(f"{child}/").json()["engine"]["in_flight"] < 1:  # the page is in the child
+                assert time.time() < deadline and not in_flight.done()
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGKILL)
+            r = in_flight.result(60)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
+        assert "vllm serve exited with code -9" in r.json()["error"]["message"] and r.headers["retry-after"]
+        wait_group_gone(pid)  # the child's exit killed the rest of its group at once
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["error"].startswith("vllm serve exited with code -9")
+        r = client.post("/ocr/image/simple", files={"file": ("s.png", scan_png)})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+        assert "vllm serve exited with code -9" in r.json()["error"]["message"]
+        url = "data:image/png;base64," + base64.b64encode(scan_png).decode()
+        msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+        v1 = client.post("/v1/chat/completions", json={"messages": msgs, "stream": True})
+        assert v1.status_code == 503 and "vllm serve exited with code -9" in v1.json()["error"]["message"]
+        time.sleep(1.2)  # health checks do not bring a dead child back
+        assert client.get("/ready").status_code == 503 and client.get("/health").status_code == 200
+
+
+def test_a_child_that_exits_or_never_answers_is_reported(tmp_path):
+    async def start(argv, timeout: float) -> ManagedVLLMServeEngine:
+        s = Settings(_env_file=None, vllm_api_servers=2, vllm_serve_start_timeout_s=timeout, data_dir=tmp_path)
+        engine = ManagedVLLMServeEngine(s, argv=argv)
+        await engine.start()
+        wait_group_gone(engine.info()["pid"])  # start() itself leaves nothing behind
+        await engine.stop()
+        return engine
+
+    crash = "import sys; print('CUDA out of memory', flush=True); sys.exit(3)"
+    engine = asyncio.run(start(lambda port: [sys.executable, "-c", crash], 60))
+    assert not engine.ready and engine.error.startswith("vllm serve could not start: exited with code 3")
+    assert "CUDA out of memory" in engine.error
+    assert (tmp_path / "vllm_serve" / "serve.log").read_text().strip() == "CUDA out of memory"
+
+    engine = asyncio.run(start(lambda port: ["sh", "-c", "sleep 600 & exec sleep 600"], 1))
+    assert not engine.ready and "VLLM_SERVE_START_TIMEOUT_S" in engine.error
