@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -49,6 +50,8 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 NOT_SERVE_FLAGS = {"renderer_num_workers"}
 # Booleans whose vLLM default is not False, so False must be written (--no-...).
 EXPLICIT_FALSE = {"enable_prefix_caching"}
+# A Python exception line ("RuntimeError: ...") or a logged error ("(EngineCore pid=7) ERROR ...").
+ERROR_LINE = re.compile(r"^(\(.*?\) )?([\w.]*(Error|Exception)\b|ERROR\b)")
 HEALTH_POLL_S = 0.5
 EXIT_SETTLE_S = 1.0  # a failed call waits this long for the child's exit before its retry
 STOP_GRACE_S = 30.0
@@ -82,6 +85,7 @@ def serve_argv(settings: Settings, port: int, template_path: Path | str) -> list
         "--api-server-count", str(max(1, settings.vllm_api_servers)),
         *engine_flags(kw),
         "--chat-template", str(template_path), "--chat-template-content-format", "string",
+        "--disable-uvicorn-access-log",  # this service logs each request; the child's log keeps vLLM's own lines
     ]  # fmt: skip
 
 
@@ -115,6 +119,12 @@ def log_tail(path: Path, lines: int = 5) -> list[str]:
     except OSError:
         return []
     return [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+
+
+def exit_line(path: Path) -> str | None:
+    """The log line that says why the child ended: the last exception or ERROR line, else the last line."""
+    lines = log_tail(path, 40)
+    return next((line for line in reversed(lines) if ERROR_LINE.search(line)), lines[-1] if lines else None)
 
 
 def exit_text(code: int) -> str:
@@ -244,9 +254,9 @@ class ManagedVLLMServeEngine(RemoteEngine):
         if task.cancelled() or self._stopping or not self._serving:
             return
         assert self.log_path is not None
-        tail = log_tail(self.log_path, 1)
-        last = f": {tail[0]}" if tail else ""
-        self._exit_reason = f"vllm serve exited with {exit_text(task.result())}{last} (log {self.log_path})"
+        why = exit_line(self.log_path)
+        self._exit_reason = f"vllm serve exited with {exit_text(task.result())}" + (f": {why}" if why else "")
+        self._exit_reason += f" (log {self.log_path})"
         if self._health:
             self._health.cancel()  # its port may answer again, but not our child: no coming back
         self.backends[0].up, self.backends[0].last_error = False, self._exit_reason

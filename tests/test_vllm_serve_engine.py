@@ -35,6 +35,7 @@ from engines.vllm_serve_engine import (
     NOT_SERVE_FLAGS,
     ROOT,
     ManagedVLLMServeEngine,
+    exit_line,
     serve_argv,
     serve_env,
 )
@@ -59,6 +60,7 @@ def test_serve_argv_is_the_in_process_engine_with_n_api_servers():
         "--no-enable-prefix-caching", "--mm-processor-cache-gb", "0.0", "--kv-cache-dtype", "auto",
         "--logits-processors", "engines.vllm_ngram:BatchedNGramLogitsProcessor",
         "--chat-template", "/data/vllm_serve/chat_template.jinja", "--chat-template-content-format", "string",
+        "--disable-uvicorn-access-log",
     ]  # fmt: skip
     # Every engine argument of the in-process engine is on it, but the renderer threads (the API servers replace them).
     for key, value in engine_args(s, "p").items():
@@ -115,6 +117,27 @@ def test_factory_builds_the_managed_engine_for_vllm_api_servers(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["DeepseekOCR2ForCausalLM"]}))
     ocr2 = ManagedVLLMServeEngine(Settings(_env_file=None, model_path=str(tmp_path), vllm_api_servers=1))
     assert ocr2.modes == OCR2_MODES and ocr2.token_strategy == "v2"
+
+
+def test_the_reason_of_an_exit_is_the_last_error_line_of_the_log(tmp_path):
+    # The end of `vllm serve`'s log (vLLM 0.26, 4 API servers) after its EngineCore was killed on an H100.
+    log = tmp_path / "serve.log"
+    log.write_text(
+        "WARNING 11-23 21:08:07 [utils.py:626] [shutdown] Process manager: force killing remaining processes count=4\n"
+        "Traceback (most recent call last):\n"
+        '  File "/tmp/site/vllm/v1/utils.py", line 576, in wait_for_completion_or_failure\n'
+        "    raise RuntimeError(\n"
+        "RuntimeError: Engine core process EngineCore died unexpectedly.\n"
+        "/usr/lib/python3.12/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: There appear to "
+        "be 1 leaked semaphore objects to clean up at shutdown\n"
+        "  warnings.warn('resource_tracker: There appear to be %d '\n"
+    )
+    assert exit_line(log) == "RuntimeError: Engine core process EngineCore died unexpectedly."
+    log.write_text("(EngineCore pid=7) ERROR 11-23 [core.py:1] CUDA error: an illegal memory access\nINFO: bye\n")
+    assert exit_line(log) == "(EngineCore pid=7) ERROR 11-23 [core.py:1] CUDA error: an illegal memory access"
+    log.write_text("INFO:     Started server process [1]\n\n")
+    assert exit_line(log) == "INFO:     Started server process [1]"  # no error line: the last line
+    assert exit_line(tmp_path / "missing.log") is None
 
 
 # --- the lifecycle, with real processes ---------------------------------------------------------------
