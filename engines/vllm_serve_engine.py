@@ -8,8 +8,9 @@ remote engine does.
 - start(): spawn the child in its own process group (its API servers and EngineCore join it), log to
   DATA_DIR/vllm_serve/serve.log, wait for its /health; a child that exits or never answers leaves the
   reason (exit code, last log lines) in /ready while /health keeps answering.
-- The child's exit while serving is the engine's death: 503 engine_unavailable with the reason, and the
-  ENGINE_DEATH policy. The rest of its process group is killed: nothing outlives it.
+- The child's exit while serving is the engine's death: 503 engine_unavailable with the exit code and its
+  log's last error line, and the ENGINE_DEATH policy. The rest of its process group is killed at once.
+  A page that fails while the child goes down (vLLM takes seconds to exit) waits for the exit and gets the 503.
 - stop(): SIGTERM to the group, SIGKILL to what is left after STOP_GRACE_S.
 """
 
@@ -26,15 +27,17 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from pathlib import Path
 
 import httpx
 
 from config import Settings
-from deepseek_ocr import EngineUnavailable
+from deepseek_ocr import EngineUnavailable, OCRRequest, OCRResult
 from engines.remote_engine import Backend, BackendFailed, RemoteEngine
 from engines.vllm_engine import FAMILIES, FAMILY_MODES, engine_args, tuned_moe_folder
+from errors import InputError
 
 log = logging.getLogger("ocr.vllm_serve")
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +56,9 @@ EXPLICIT_FALSE = {"enable_prefix_caching"}
 # A Python exception line ("RuntimeError: ...") or a logged error ("(EngineCore pid=7) ERROR ...").
 ERROR_LINE = re.compile(r"^(\(.*?\) )?([\w.]*(Error|Exception)\b|ERROR\b)")
 HEALTH_POLL_S = 0.5
-EXIT_SETTLE_S = 1.0  # a failed call waits this long for the child's exit before its retry
+# A page that failed waits this long for the child's exit before its answer: `vllm serve` exits ~5 s after
+# its EngineCore died (it waits for its API servers), answering 500 or resetting connections meanwhile.
+DEATH_WAIT_S = 10.0
 STOP_GRACE_S = 30.0
 
 
@@ -290,17 +295,31 @@ class ManagedVLLMServeEngine(RemoteEngine):
         return EngineUnavailable(f"the vllm engine is not available: {self._exit_reason}")
 
     async def _acquire(self, tried: list[BackendFailed]) -> Backend:
-        if tried and self._exit is not None:
-            # A call that failed may have met the child dying: its sockets close a moment before its exit is seen.
-            await asyncio.wait({self._exit}, timeout=EXIT_SETTLE_S)
         if self._exit_reason:
             raise self._unavailable()
+        return await super()._acquire(tried)
+
+    async def _death_or(self, e: InputError) -> InputError:
+        """A page that failed (502, 503) may have met the child dying: then its death is the answer (503)."""
+        if e.status in (502, 503) and self._exit is not None:
+            await asyncio.wait({self._exit}, timeout=DEATH_WAIT_S)
+        return self._unavailable() if self._exit_reason else e
+
+    async def _run(self, req: OCRRequest) -> OCRResult:
         try:
-            return await super()._acquire(tried)
-        except EngineUnavailable:
-            if self._exit_reason:
-                raise self._unavailable() from None
-            raise
+            return await super()._run(req)
+        except InputError as e:
+            raise await self._death_or(e) from e
+
+    async def stream_result(self, req: OCRRequest) -> AsyncIterator[str | OCRResult]:
+        if not self.ready:
+            raise EngineUnavailable(f"the {self.name} engine is not ready: {self.error or 'starting'}")
+        try:
+            async with aclosing(super().stream_result(req)) as items:
+                async for item in items:
+                    yield item
+        except InputError as e:
+            raise await self._death_or(e) from e
 
     def info(self) -> dict:
         return {

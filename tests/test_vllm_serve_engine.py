@@ -143,18 +143,22 @@ def test_the_reason_of_an_exit_is_the_last_error_line_of_the_log(tmp_path):
 # --- the lifecycle, with real processes ---------------------------------------------------------------
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group `pgid`, from /proc."""
-    pids = []
+def processes() -> list[tuple[int, str, int, int]]:
+    """(pid, state, parent pid, process group) of every process, from /proc."""
+    out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
+                state, ppid, pgrp = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
                 continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(entry))
-    return pids
+            out.append((int(entry), state, int(ppid), int(pgrp)))
+    return out
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`."""
+    return [pid for pid, state, _, pgrp in processes() if pgrp == pgid and state != "Z"]
 
 
 def wait_group_gone(pgid: int, timeout: float = 10) -> None:
@@ -170,19 +174,44 @@ def child_argv(port: int) -> list[str]:
     return ["sh", "-c", script, sys.executable, str(port)]
 
 
+def slow_death_argv(port: int) -> list[str]:
+    """As `vllm serve` when its EngineCore dies: the HTTP server goes first, the leader exits seconds later."""
+    script = (
+        'sleep 600 & "$0" -m uvicorn serve_ocr:app --host 127.0.0.1 --port "$1"; '
+        'echo "RuntimeError: Engine core process EngineCore died unexpectedly."; sleep 2; exit 1'
+    )
+    return ["sh", "-c", script, sys.executable, str(port)]
+
+
 @pytest.fixture
 def managed(monkeypatch, tmp_path):
-    """A TestClient of the app on ENGINE=vllm, VLLM_API_SERVERS=1, whose child is this service (CPU engine)."""
-    child_env = {"ENGINE": "cpu", "NUM_WORKERS": "1", "DATA_DIR": str(tmp_path / "child"), "LOG_FORMAT": "text"}
-    cls = functools.partial(ManagedVLLMServeEngine, argv=child_argv, env=child_env)
-    monkeypatch.setattr(vllm_serve_engine, "ManagedVLLMServeEngine", cls)  # what the factory builds
-    settings = Settings(_env_file=None, engine="vllm", vllm_api_servers=1, engine_death="stay", num_workers=1,
-                        max_concurrency=2, remote_health_interval_s=0.5, data_dir=tmp_path / "front")  # fmt: skip
-    return make_client(settings)
+    """TestClients of the app on ENGINE=vllm, VLLM_API_SERVERS=1, whose child is this service (CPU engine)."""
+
+    def make(argv=child_argv):
+        child_env = {"ENGINE": "cpu", "NUM_WORKERS": "1", "DATA_DIR": str(tmp_path / "child"), "LOG_FORMAT": "text"}
+        cls = functools.partial(ManagedVLLMServeEngine, argv=argv, env=child_env)
+        monkeypatch.setattr(vllm_serve_engine, "ManagedVLLMServeEngine", cls)  # what the factory builds
+        settings = Settings(_env_file=None, engine="vllm", vllm_api_servers=1, engine_death="stay", num_workers=1,
+                            max_concurrency=2, remote_health_interval_s=0.5, data_dir=tmp_path / "front")  # fmt: skip
+        return make_client(settings)
+
+    return make
+
+
+def kill_with_a_page_in_flight(client, child: str, victim: int, png: bytes):
+    """SIGKILL `victim` while the child reads a page; the answer of that page."""
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(client.post, "/ocr/image/simple", files={"file": ("p.png", png)})
+        deadline = time.time() + 30
+        while httpx.get(f"{child}/").json()["engine"]["in_flight"] < 1:  # the page is in the child
+            assert time.time() < deadline and not in_flight.done()
+            time.sleep(0.01)
+        os.kill(victim, signal.SIGKILL)
+        return in_flight.result(60)
 
 
 def test_pages_go_through_the_managed_child_and_stop_leaves_no_process(managed, scan_png):
-    with managed as client:
+    with managed() as client:
         wait_ready(client, timeout=120)
         info = client.get("/").json()["engine"]
         assert info["engine"] == "vllm" and info["shape"] == "vllm serve (managed)" and info["api_servers"] == 1
@@ -199,18 +228,11 @@ def test_pages_go_through_the_managed_child_and_stop_leaves_no_process(managed, 
 
 
 def test_a_killed_child_is_the_engines_death(managed, pg9_png, scan_png):
-    with managed as client:
+    with managed() as client:
         wait_ready(client, timeout=120)
         info = client.get("/").json()["engine"]
         pid, child = info["pid"], f"http://127.0.0.1:{info['port']}"
-        with ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(client.post, "/ocr/image/simple", files={"file": ("p.png", pg9_png)})
-            deadline = time.time() + 30
-            while httpx.get(f"{child}/").json()["engine"]["in_flight"] < 1:  # the page is in the child
-                assert time.time() < deadline and not in_flight.done()
-                time.sleep(0.01)
-            os.kill(pid, signal.SIGKILL)
-            r = in_flight.result(60)
+        r = kill_with_a_page_in_flight(client, child, pid, pg9_png)
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
         assert "vllm serve exited with code -9" in r.json()["error"]["message"] and r.headers["retry-after"]
         wait_group_gone(pid)  # the child's exit killed the rest of its group at once
@@ -225,6 +247,23 @@ def test_a_killed_child_is_the_engines_death(managed, pg9_png, scan_png):
         assert v1.status_code == 503 and "vllm serve exited with code -9" in v1.json()["error"]["message"]
         time.sleep(1.2)  # health checks do not bring a dead child back
         assert client.get("/ready").status_code == 503 and client.get("/health").status_code == 200
+
+
+def test_a_child_whose_server_dies_before_it_exits(managed, pg9_png):
+    """The page in flight fails at once, but its answer waits for the child's exit: 503 with the reason."""
+    with managed(slow_death_argv) as client:
+        wait_ready(client, timeout=120)
+        info = client.get("/").json()["engine"]
+        pid, child = info["pid"], f"http://127.0.0.1:{info['port']}"
+        (server,) = [p for p, state, ppid, _ in processes() if ppid == pid and state != "Z" and p in group_members(pid)
+                     and "uvicorn" in Path(f"/proc/{p}/cmdline").read_text()]  # fmt: skip
+        t0 = time.time()
+        r = kill_with_a_page_in_flight(client, child, server, pg9_png)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
+        why = "vllm serve exited with code 1: RuntimeError: Engine core process EngineCore died unexpectedly."
+        assert why in r.json()["error"]["message"] and 1.5 < time.time() - t0 < 10
+        assert client.get("/ready").json()["error"].startswith(why)
+        wait_group_gone(pid)
 
 
 def test_a_child_that_exits_or_never_answers_is_reported(tmp_path):
