@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 from PIL import Image
 
@@ -133,3 +134,21 @@ def test_parallel_sizes_are_checked_against_the_gpus_present():
     assert "needs 4 GPUs" in parallel_plan_error(
         Settings(_env_file=None, data_parallel_size=2, tensor_parallel_size=2), 2
     )
+
+
+def test_shipped_moe_configs_are_what_vllm_reads():
+    """engines/moe_configs/ holds vLLM's tuner output for DeepSeek-OCR's MoE (E=64, N=896, bf16): vLLM 0.26 reads
+    every key but triton_version as a batch size and picks the nearest one, so every entry must be a whole config."""
+    from engines.vllm_engine import MOE_CONFIGS
+
+    files = sorted(MOE_CONFIGS.glob("E=*.json"))
+    assert "E=64,N=896,device_name=NVIDIA_H100_80GB_HBM3.json" in [f.name for f in files]
+    assert tuned_moe_folder() == str(MOE_CONFIGS)
+    keys = {"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"}
+    for f in files:
+        table = json.loads(f.read_text())
+        table.pop("triton_version")
+        sizes = sorted(int(m) for m in table)
+        assert sizes[0] == 1 and sizes[-1] >= 8192  # decode of one page up to full 8192-token prefill chunks
+        for cfg in table.values():
+            assert set(cfg) == keys and all(v > 0 and v & (v - 1) == 0 for k, v in cfg.items() if k != "num_stages")
