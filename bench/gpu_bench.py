@@ -121,7 +121,9 @@ def phase_mode_rates(base: str, modes: list[str], pages: int, out_tokens: int) -
 
 def start_profile(pid: int, seconds: float, delay: float, out: Path) -> subprocess.Popen | None:
     """py-spy on the API process (GIL holders only, every thread) after `delay` s, for `seconds` s."""
-    where = os.pathsep.join([str(Path(sys.executable).parent), "/tmp/site/bin", os.environ.get("PATH", "")])
+    where = os.pathsep.join(
+        [str(Path(sys.executable).parent), "/tmp/spy/bin", "/tmp/site/bin", os.environ.get("PATH", "")]
+    )
     spy = shutil.which("py-spy", path=where)
     if spy is None:
         print("py-spy not found: no profile", flush=True)

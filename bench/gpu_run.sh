@@ -11,9 +11,11 @@
 # MOE=/tmp/moe_tuned (tuned MoE configs for every run: VLLM_TUNED_CONFIG_FOLDER; empty = vLLM's default config).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
-export PATH=/tmp/site/bin:$PATH
-if [ -d .whl7 ] && [ ! -f /tmp/site/.extras ]; then
+export PATH=/tmp/spy/bin:/tmp/site/bin:$PATH
+if [ -d .whl7 ] && [ ! -f /tmp/site/.extras ]; then  # the service's own wheels (fetch_wheels.sh + bench/gpu_extras.sh)
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl7/*.whl && touch /tmp/site/.extras
+  # py-spy is a binary under bin/, which pip --target does not merge into an existing /tmp/site/bin
+  ls .whl7/py_spy-*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --target /tmp/spy .whl7/py_spy-*.whl
 fi
 if [ ! -f /tmp/site/.plugin ]; then  # the vllm.general_plugins entry point (engines.vllm_modes:register)
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site ./vllm_plugin && touch /tmp/site/.plugin

@@ -86,12 +86,14 @@ def main() -> None:
     ap.add_argument("--out-tokens", type=int, default=1000)
     ap.add_argument("--port", type=int, default=8200)
     ap.add_argument("--front-phases", default="modes,burst")
+    ap.add_argument("--skip-peer", action="store_true", help="only this service as the front")
     args = ap.parse_args()
     log = Path("/tmp/vllm_serve.log")
     proc = start_vllm(args.model, args.port, args.api_servers, log)
     try:
-        peer = asyncio.run(peer_burst(args.port, args.model, args.pages, args.out_tokens))
-        print("RESULT", json.dumps({"kind": f"vllm-serve-{args.api_servers}-api-batched-guard", **peer}), flush=True)
+        if not args.skip_peer:
+            peer = asyncio.run(peer_burst(args.port, args.model, args.pages, args.out_tokens))
+            print("RESULT", json.dumps({"kind": f"vllm-serve-{args.api_servers}-api-batched-guard", **peer}), flush=True)
         env = f"REMOTE_URLS=http://127.0.0.1:{args.port},REMOTE_CONCURRENCY=512"
         subprocess.run(
             [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--engine", "remote", "--phases", args.front_phases,
