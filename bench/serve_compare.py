@@ -93,7 +93,8 @@ def main() -> None:
     try:
         if not args.skip_peer:
             peer = asyncio.run(peer_burst(args.port, args.model, args.pages, args.out_tokens))
-            print("RESULT", json.dumps({"kind": f"vllm-serve-{args.api_servers}-api-batched-guard", **peer}), flush=True)
+            kind = f"vllm-serve-{args.api_servers}-api-batched-guard"
+            print("RESULT", json.dumps({"kind": kind, **peer}), flush=True)
         env = f"REMOTE_URLS=http://127.0.0.1:{args.port},REMOTE_CONCURRENCY=512"
         subprocess.run(
             [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--engine", "remote", "--phases", args.front_phases,
