@@ -1,10 +1,10 @@
 """ENGINE=vllm with VLLM_API_SERVERS=N: `vllm serve` with N API servers as a child process of this service.
 
-One API process holds one GIL for all input processing (measured: 72% of the engine-alone rate in-process,
-98% with `vllm serve --api-server-count 8`). So this service stays the front (uploads, PDFs, jobs, layouts)
-and runs vLLM's OpenAI server on loopback with the same engine arguments as the in-process engine
-(engine_args), this service's vLLM plugin (every mode) and repetition guard, and sends it pages as the
-remote engine does.
+One API process holds one GIL for all input processing (measured on an H100: 0.69x the engine-alone rate
+in-process, 1.01x with `vllm serve --api-server-count 8`; bench/RESULTS.md). So this service stays the front
+(uploads, PDFs, jobs, layouts) and runs vLLM's OpenAI server on loopback with the same engine arguments as
+the in-process engine (engine_args), this service's vLLM plugin (every mode), repetition guard and MoE table,
+and sends it pages as the remote engine does.
 - start(): spawn the child in its own process group (its API servers and EngineCore join it), log to
   DATA_DIR/vllm_serve/serve.log, wait for its /health; a child that exits or never answers leaves the
   reason (exit code, last log lines) in /ready while /health keeps answering.
