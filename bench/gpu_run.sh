@@ -44,7 +44,9 @@ case "${1:-check}" in
        cp "$VLLM_TUNED_CONFIG_FOLDER"/E=*.json "$OUT"/ 2>/dev/null
        engine --guard batched --passes cold,cached --pages "${PAGES:-256}" ;;
   engine512) engine --guard batched --passes cold,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24
-             [ -n "${FP8:-}" ] && engine --guard batched --passes cold,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24 --kv-cache-dtype fp8 ;;
+             if [ -n "${FP8:-}" ]; then
+               engine --guard batched --passes cold,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24 --kv-cache-dtype fp8
+             fi ;;
   remote) python3 bench/serve_compare.py --api-servers "${API_SERVERS:-8}" --pages "${PAGES:-256}" \
             --front-phases "${FRONT_PHASES:-burst}" 2>&1 | tee "$OUT/remote.log" | grep -v "^MODE" ;;
   *) python3 "$@" ;;
