@@ -187,9 +187,13 @@ class OCREngine(ABC):
             accepted=[Task.DOCUMENT_GROUNDED.value, *sorted(t.value for t in self.tasks - {Task.DOCUMENT_GROUNDED})],
         )
 
+    def not_ready(self) -> EngineUnavailable:
+        """The 503 for a request that arrives before the engine is ready (or after it died)."""
+        return EngineUnavailable(f"the {self.name} engine is not ready: {self.error or 'starting'}")
+
     async def generate(self, req: OCRRequest) -> OCRResult:
         if not self.ready:
-            raise EngineUnavailable(f"the {self.name} engine is not ready: {self.error or 'starting'}")
+            raise self.not_ready()
         if req.spec.task not in self.tasks:
             raise self.unsupported(req.spec.task)
         t0 = time.perf_counter()

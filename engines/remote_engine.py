@@ -326,7 +326,7 @@ class RemoteEngine(OCREngine):
     async def stream_result(self, req: OCRRequest) -> AsyncIterator[str | OCRResult]:
         """Deltas from the backend's SSE stream; retried elsewhere only if it fails before the first one."""
         if not self.ready:
-            raise EngineUnavailable(f"the remote engine is not ready: {self.error or 'starting'}")
+            raise self.not_ready()
         async with self._slots:
             image_url = await asyncio.to_thread(data_url, req.image, self.settings.remote_image_format)
             tried: list[BackendFailed] = []

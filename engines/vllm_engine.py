@@ -291,7 +291,7 @@ class VLLMEngine(OCREngine):
         from vllm.sampling_params import RequestOutputKind
 
         if not self.ready:
-            await self.generate(req)  # raises the not-ready error
+            raise self.not_ready()
         async with self._slots:
             stream, prep_s = await self._submit(req, RequestOutputKind.DELTA)
             t1 = time.perf_counter()

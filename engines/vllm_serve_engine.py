@@ -312,8 +312,8 @@ class ManagedVLLMServeEngine(RemoteEngine):
             raise await self._death_or(e) from e
 
     async def stream_result(self, req: OCRRequest) -> AsyncIterator[str | OCRResult]:
-        if not self.ready:
-            raise EngineUnavailable(f"the {self.name} engine is not ready: {self.error or 'starting'}")
+        if not self.ready:  # before the try: not ready is no page failing while the child dies
+            raise self.not_ready()
         try:
             async with aclosing(super().stream_result(req)) as items:
                 async for item in items:

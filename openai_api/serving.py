@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 import pipeline
 from config import Settings
-from deepseek_ocr import EngineUnavailable, OCREngine, OCRResult
+from deepseek_ocr import OCREngine, OCRResult
 from errors import InputError
 from inputs import decode_base64, fetch_url
 from ocr_utils import strip_special_tokens
@@ -77,7 +77,7 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
 def list_models(engine: OCREngine, settings: Settings) -> ModelList:
     """The one model this service serves; 503 until the engine is ready (a readiness check for fronts)."""
     if not engine.ready:
-        raise EngineUnavailable(f"the {engine.name} engine is not ready: {engine.error or 'starting'}")
+        raise engine.not_ready()
     card = ModelCard(id=engine.model_name, created=STARTED, owned_by=OWNER, max_model_len=settings.max_model_len)
     return ModelList(data=[card])
 
@@ -200,7 +200,7 @@ async def stream(request: Request, body: ChatCompletionRequest) -> StreamingResp
     Errors before the first delta get a proper HTTP status; later ones an error event, then [DONE]."""
     engine, settings, chat, data = await _prepare(request, body)
     if not engine.ready:
-        raise EngineUnavailable(f"the {engine.name} engine is not ready: {engine.error or 'starting'}")
+        raise engine.not_ready()
     image, _ = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
     req = pipeline.build_request(settings, image, chat.prompt, engine=engine, **chat.options)
     items = engine.stream_result(req)
