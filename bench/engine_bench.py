@@ -66,6 +66,7 @@ def main() -> None:
     print(f"engine up in {time.time() - t0:.1f} s (guard {args.guard})", flush=True)
     inputs = [{"prompt": PROMPT, "multi_modal_data": {"image": page(p)}} for p in range(args.pages)]
     guard = {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
+    rule = (guard["ngram_size"], guard["window_size"], set(guard["whitelist_token_ids"]))
 
     def params(guarded: bool) -> SamplingParams:
         return SamplingParams(
@@ -73,7 +74,8 @@ def main() -> None:
             extra_args=guard if guarded else None,
         )  # fmt: skip
 
-    llm.generate([{"prompt": PROMPT, "multi_modal_data": {"image": page(10_000)}}] * 2, params(True))  # warm-up
+    warm = [{"prompt": PROMPT, "multi_modal_data": {"image": page(10_000)}}] * 2
+    llm.generate(warm, params(args.guard != "none"))
     for i, kind in enumerate(args.passes.split(",")):
         guarded = args.guard != "none" and not kind.endswith("noguard")
         t1 = time.time()
@@ -82,7 +84,6 @@ def main() -> None:
         out_tok = sum(len(o.outputs[0].token_ids) for o in outs)
         # Tokens the guard's rule forbids, in the finished outputs: 0 with a working guard; random weights
         # under greedy decoding loop, so the pass without the guard shows how many there would be.
-        rule = (guard["ngram_size"], guard["window_size"], set(guard["whitelist_token_ids"]))
         broken = sum(violations(list(o.outputs[0].token_ids), *rule) for o in outs)
         print("RESULT", json.dumps({
             "kind": f"engine-{kind}-guard-{args.guard if guarded else 'none'}", "pass_no": i, "pages": args.pages,

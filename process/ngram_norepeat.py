@@ -104,8 +104,9 @@ class TokenWindows:
     gained more, lost some, or were just added are rebuilt from their list).
     """
 
-    def __init__(self, max_rows: int, width: int):
+    def __init__(self, max_rows: int, width: int, pin_memory: bool = False):
         self.width = width
+        self.pin_memory = pin_memory  # vLLM says whether pinned host memory works here (not under WSL)
         self.tokens = np.full((max_rows, width), PAD, dtype=np.int64)
         self.rows: dict[int, _Row] = {}
 
@@ -177,8 +178,8 @@ class TokenWindows:
             rows, toks = rows[keep], toks[keep]
         if rows.size:
             pairs = torch.from_numpy(np.stack([rows, toks]))
-            if logits.device.type == "cuda":
-                pairs = pairs.pin_memory().to(logits.device, non_blocking=True)
+            if logits.device.type != "cpu":
+                pairs = (pairs.pin_memory() if self.pin_memory else pairs).to(logits.device, non_blocking=True)
             logits[pairs[0], pairs[1]] = float("-inf")
         return logits
 
@@ -206,7 +207,7 @@ def make_vllm_processor():
             guard_params(sampling_params.extra_args)
 
         def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-            self.state = TokenWindows(vllm_config.scheduler_config.max_num_seqs, width=MAX_WINDOW)
+            self.state = TokenWindows(vllm_config.scheduler_config.max_num_seqs, MAX_WINDOW, is_pin_memory)
 
         def is_argmax_invariant(self) -> bool:
             return False
