@@ -5,9 +5,13 @@ vllm (vLLM's NGramPerReqLogitsProcessor, the recipe's guard: with a cold pass th
 the official scripts) or none. Passes over the same pages: the first is cold (vLLM preprocesses every
 page serially in this process); later passes hit the multimodal processor cache (--mm-cache-gb > 0), so
 they measure the engine without preprocessing. A pass named `...-noguard` runs without the guard on the
-same engine (the ceiling the guard is measured against). Prints one RESULT line (JSON) per pass.
+same engine (the ceiling the guard is measured against); a pass named `fill` generates one token per page, to
+fill that cache quickly (its time is preprocessing + prefill). Each pass reports nvidia-smi's GPU busy %;
+--profile-s N samples the EngineCore process with py-spy for N s during the first timed pass after a fill.
+Prints one RESULT line (JSON) per pass.
 
     python bench/engine_bench.py --guard batched --passes cold,cached,cached-noguard --mm-cache-gb 16
+    python bench/engine_bench.py --guard batched --passes fill,cached --profile-s 15
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from gpu_watch import GpuBusy, engine_core_pids, start_profile
 from PIL import Image, ImageDraw
+from pyspy_summary import report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown. "
@@ -43,6 +49,7 @@ def main() -> None:
     ap.add_argument("--mm-cache-gb", type=float, default=16)
     ap.add_argument("--guard", choices=["batched", "vllm", "none"], default="batched")
     ap.add_argument("--passes", default="cold,cached")
+    ap.add_argument("--profile-s", type=float, default=0, help="py-spy the EngineCore during the pass after a fill")
     args = ap.parse_args()
 
     from vllm import LLM, SamplingParams
@@ -68,19 +75,34 @@ def main() -> None:
     guard = {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
     rule = (guard["ngram_size"], guard["window_size"], set(guard["whitelist_token_ids"]))
 
-    def params(guarded: bool) -> SamplingParams:
+    def params(guarded: bool, tokens: int = args.out_tokens) -> SamplingParams:
         return SamplingParams(
-            temperature=0.0, max_tokens=args.out_tokens, ignore_eos=True, skip_special_tokens=False,
+            temperature=0.0, max_tokens=tokens, ignore_eos=True, skip_special_tokens=False,
             extra_args=guard if guarded else None,
         )  # fmt: skip
 
     warm = [{"prompt": PROMPT, "multi_modal_data": {"image": page(10_000)}}] * 2
     llm.generate(warm, params(args.guard != "none"))
-    for i, kind in enumerate(args.passes.split(",")):
+    passes = args.passes.split(",")
+    for i, kind in enumerate(passes):
         guarded = args.guard != "none" and not kind.endswith("noguard")
+        if kind == "fill":
+            t1 = time.time()
+            llm.generate(inputs, params(guarded, 1))
+            fill = {"kind": "engine-fill", "pages": args.pages, "seconds": round(time.time() - t1, 2)}
+            print("RESULT", json.dumps(fill), flush=True)
+            continue
+        spy = None
+        if args.profile_s and i and passes[i - 1] == "fill" and (pids := engine_core_pids(os.getpid())):
+            prof = Path(os.environ.get("OUT", "/tmp")) / f"pyspy_enginecore_{kind}.txt"
+            spy = start_profile(pids[0], args.profile_s, 5, prof)
         t1 = time.time()
-        outs = llm.generate(inputs, params(guarded))
+        with GpuBusy() as busy:
+            outs = llm.generate(inputs, params(guarded))
         dt = time.time() - t1
+        if spy is not None:
+            spy.wait(timeout=args.profile_s + 30)
+            print(report(prof, 100, args.profile_s), flush=True)
         out_tok = sum(len(o.outputs[0].token_ids) for o in outs)
         # Tokens the guard's rule forbids, in the finished outputs: 0 with a working guard; random weights
         # under greedy decoding loop, so the pass without the guard shows how many there would be.
@@ -93,6 +115,7 @@ def main() -> None:
             "out_tokens_per_page": out_tok // args.pages, "max_num_seqs": args.max_num_seqs,
             "kv_cache_dtype": args.kv_cache_dtype, "mm_cache_gb": args.mm_cache_gb,
             "tuned_moe": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"), "guard_rule_violations": broken,
+            "gpu_busy_mean_pct": busy.mean,
         }), flush=True)  # fmt: skip
 
 

@@ -5,8 +5,10 @@ POST /generate with the repetition guard on, ignore_eos and a fixed max_tokens. 
   modes       every mode x a tall, a wide and a square page: prompt tokens must equal our tile arithmetic
               (usage.prompt_tokens - tiles.image_tokens is the same text-token count for every request)
   mode_rates  pages/s per mode (--mode-pages pages at once, --out-tokens each)
-  burst       --pages pages at once in Gundam, --passes times: pages/s and the preprocessing wait p50/p90;
-              with --profile-s, py-spy samples the API process's GIL during the first pass (bench/pyspy_summary.py)
+  burst       --pages pages at once in Gundam, --passes times: pages/s, the preprocessing wait p50/p90 (the
+              in-process engine's usage.timings), vLLM's mean time before its engine queue (from its histograms:
+              input processing, also inside a managed `vllm serve`), nvidia-smi's GPU busy %; with --profile-s,
+              py-spy samples the API process's GIL during the first pass (bench/pyspy_summary.py)
   soak        --soak-requests requests, --soak-concurrency at a time, 10% of clients leave early: status
               counts, vLLM's running requests and KV-cache use afterwards, API-process RSS start/end
   death       a burst, then vLLM's EngineCore process is killed: in-flight answers, /ready, process exit
@@ -25,15 +27,13 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from gpu_watch import GpuBusy, engine_core_pids, start_profile
 from PIL import Image, ImageDraw
 from pyspy_summary import report
 from service import start_service, stop_service
@@ -119,28 +119,50 @@ def phase_mode_rates(base: str, modes: list[str], pages: int, out_tokens: int) -
             result(kind=f"mode-{mode}", error=str(e)[:300])
 
 
-def start_profile(pid: int, seconds: float, delay: float, out: Path) -> subprocess.Popen | None:
-    """py-spy on the API process (GIL holders only, every thread) after `delay` s, for `seconds` s."""
-    where = os.pathsep.join(
-        [str(Path(sys.executable).parent), "/tmp/spy/bin", "/tmp/site/bin", os.environ.get("PATH", "")]
-    )
-    spy = shutil.which("py-spy", path=where)
-    if spy is None:
-        print("py-spy not found: no profile", flush=True)
-        return None
-    cmd = [spy, "record", "--pid", str(pid), "--gil", "--threads", "--rate", "100", "--duration", str(int(seconds)),
-           "--format", "raw", "--output", str(out), "--nonblocking"]  # fmt: skip
-    return subprocess.Popen(["bash", "-c", f"sleep {delay}; exec " + " ".join(cmd)])
+VLLM_TIMES = ("e2e_request_latency", "request_queue_time", "request_inference_time", "time_to_first_token")
 
 
-def phase_burst(base: str, pages: int, out_tokens: int, passes: int, label: str, pid: int, profile_s: float) -> None:
+def vllm_time_sums(metrics_url: str) -> dict[str, float]:
+    """Sums and counts of vLLM's per-request time histograms (its /metrics: in this service's in-process, the
+    managed `vllm serve`'s otherwise)."""
+    try:
+        text = httpx.get(f"{metrics_url}/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, float] = {}
+    for name in VLLM_TIMES:
+        for part in ("sum", "count"):
+            pat = rf"^vllm:{name}_seconds_{part}(?:{{[^}}]*}})? ([0-9.eE+-]+)$"
+            out[f"{name}_{part}"] = sum(float(m.group(1)) for m in re.finditer(pat, text, re.M))
+    return out
+
+
+def vllm_front(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Mean seconds per request, from vLLM's histograms over one pass. vLLM stamps arrival when its renderer
+    starts, so e2e - queue - inference is the time before the engine-core queue: input processing and the hop."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    n = d.get("e2e_request_latency_count", 0)
+    if not n:
+        return {}
+    mean = {k: d[f"{k}_sum"] / n for k in VLLM_TIMES}
+    front = mean["e2e_request_latency"] - mean["request_queue_time"] - mean["request_inference_time"]
+    return {"vllm_front_mean_s": round(front, 3), "vllm_ttft_mean_s": round(mean["time_to_first_token"], 3),
+            "vllm_queue_mean_s": round(mean["request_queue_time"], 3)}  # fmt: skip
+
+
+def phase_burst(
+    base: str, pages: int, out_tokens: int, passes: int, label: str, pid: int, profile_s: float, metrics_url: str
+) -> None:
     pngs = [b64(synthetic_page(p)) for p in range(pages)]
     body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True, "mode": "gundam"}
     prof = Path(os.environ.get("OUT", tempfile.gettempdir())) / f"pyspy_{label}.txt"
     for i in range(passes):
         spy = start_profile(pid, profile_s, 3, prof) if profile_s and i == 0 else None
-        dt, outs = asyncio.run(send_all(base, [{**body, "image_base64": b} for b in pngs]))
-        rate(f"service-http-{label}", pages, dt, outs, pass_no=i)
+        before = vllm_time_sums(metrics_url)
+        with GpuBusy() as busy:
+            dt, outs = asyncio.run(send_all(base, [{**body, "image_base64": b} for b in pngs]))
+        front = vllm_front(before, vllm_time_sums(metrics_url))
+        rate(f"service-http-{label}", pages, dt, outs, pass_no=i, gpu_busy_mean_pct=busy.mean, **front)
         if spy is not None:
             spy.wait(timeout=profile_s + 30)
             print(report(prof, 100, profile_s), flush=True)
@@ -186,25 +208,18 @@ async def soak(base: str, n: int, conc: int, out_tokens: int, leave: float) -> d
         return {"statuses": statuses, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def phase_soak(base: str, pid: int, n: int, conc: int, out_tokens: int) -> None:
+def phase_soak(base: str, pid: int, n: int, conc: int, out_tokens: int, metrics_url: str) -> None:
     rss0 = rss_mb(pid)
     out = asyncio.run(soak(base, n, conc, out_tokens, 0.10))
     time.sleep(3)  # let aborts reach the engine
     errors_5xx = sum(v for k, v in out["statuses"].items() if k.startswith("5") and k != "503")
     result(
         kind="soak", requests=n, concurrency=conc, out_tokens=out_tokens, **out, server_5xx_not_503=errors_5xx,
-        vllm_running_after=metric(base, "vllm:num_requests_running"),
-        vllm_waiting_after=metric(base, "vllm:num_requests_waiting"),
-        kv_cache_usage_after=metric(base, "vllm:kv_cache_usage_perc"),
+        vllm_running_after=metric(metrics_url, "vllm:num_requests_running"),
+        vllm_waiting_after=metric(metrics_url, "vllm:num_requests_waiting"),
+        kv_cache_usage_after=metric(metrics_url, "vllm:kv_cache_usage_perc"),
         api_rss_mb_start=round(rss0, 1), api_rss_mb_end=round(rss_mb(pid), 1),
     )  # fmt: skip
-
-
-def engine_core_pids(server_pid: int) -> list[int]:
-    import psutil
-
-    procs = psutil.Process(server_pid).children(recursive=True)
-    return [p.pid for p in procs if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())]
 
 
 def phase_death(base: str, server, out_tokens: int) -> None:
@@ -276,6 +291,9 @@ def main() -> None:
     server, base = start_service(env, log=log, timeout=900, uvicorn_args=("--log-level", "warning"))
     try:
         info = httpx.get(f"{base}/").json()["engine"]
+        # vLLM's gauges and histograms: this service's /metrics in-process, the managed child's with VLLM_API_SERVERS
+        port = env.get("VLLM_SERVE_PORT") if int(env.get("VLLM_API_SERVERS", "0") or 0) else None
+        metrics_url = f"http://127.0.0.1:{port}" if port else base
         print(f"service up in {time.time() - t0:.0f} s: {json.dumps(info)}", flush=True)
         modes = list(httpx.get(f"{base}/ocr/info").json()["modes"])
         warm = {"prompt": PROMPT, "max_tokens": 8, "image_base64": b64(synthetic_page(0))}
@@ -289,9 +307,20 @@ def main() -> None:
                     picked = [m for m in args.rate_modes.split(",") if m] or modes
                     phase_mode_rates(base, picked, args.mode_pages, args.out_tokens)
                 elif phase == "burst":
-                    phase_burst(base, args.pages, args.out_tokens, args.passes, args.label, server.pid, args.profile_s)
+                    phase_burst(
+                        base,
+                        args.pages,
+                        args.out_tokens,
+                        args.passes,
+                        args.label,
+                        server.pid,
+                        args.profile_s,
+                        metrics_url,
+                    )
                 elif phase == "soak":
-                    phase_soak(base, server.pid, args.soak_requests, args.soak_concurrency, args.soak_tokens)
+                    phase_soak(
+                        base, server.pid, args.soak_requests, args.soak_concurrency, args.soak_tokens, metrics_url
+                    )
                 elif phase == "death":
                     phase_death(base, server, args.out_tokens)
             except Exception as e:

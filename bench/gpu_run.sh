@@ -3,12 +3,14 @@
 #   bash bench/gpu_run.sh check     # every route through vLLM (dummy weights)
 #   bash bench/gpu_run.sh check2    # the same with DeepSeek-OCR-2
 #   bash bench/gpu_run.sh service   # the service: modes token check, per-mode rates, 256-page burst, soak, engine death
-#   bash bench/gpu_run.sh engine    # naive path (vLLM guard, serial preprocessing); engine alone, our guard on and off
+#   bash bench/gpu_run.sh engine    # naive path (vLLM guard, serial preprocessing); engine alone with our guard
+#                                   # (a one-token fill pass, then preprocessing cached; NOGUARD=1: also without it)
 #   bash bench/gpu_run.sh moe       # vLLM's fused-MoE tuner (bench/moe_tune.py) -> /tmp/moe_tuned, then the engine on it
-#   bash bench/gpu_run.sh engine512 # engine alone with 512 sequences (bf16 KV; fp8 KV too with FP8=1)
+#   bash bench/gpu_run.sh engine512 # engine alone with 512 sequences (bf16 KV; fp8 KV too with FP8=1), cached
 #   bash bench/gpu_run.sh remote    # `vllm serve` + our plugin and guard, 8 API servers: openai client, then this service as front
-# Environment: PAGES, PASSES, PHASES, EXTRA (gpu_bench flags), PROFILE_S (py-spy the API process during the burst),
-# MOE=/tmp/moe_tuned (tuned MoE configs for every run: VLLM_TUNED_CONFIG_FOLDER; empty = vLLM's default config).
+# Environment: PAGES, PASSES, PHASES, EXTRA (gpu_bench flags), PROFILE_S (py-spy: the API process during the burst,
+# the EngineCore during the engine's cached pass), MOE=/tmp/moe_tuned (tuned MoE configs for every run:
+# VLLM_TUNED_CONFIG_FOLDER; unset = the table shipped in engines/moe_configs; MOE=none = vLLM's default config).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
 export PATH=/tmp/spy/bin:/tmp/site/bin:$PATH
@@ -23,9 +25,10 @@ if [ ! -f /tmp/site/.plugin ]; then  # the vllm.general_plugins entry point (eng
 fi
 [ -f /tmp/dsocr/config.json ] || python3 .gpu/make_dummy_model.py /tmp/dsocr >/dev/null
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; export OUT
-if [ -n "${MOE:-}" ] && ls "$MOE"/E=*.json >/dev/null 2>&1; then export VLLM_TUNED_CONFIG_FOLDER=$MOE; fi
+if [ "${MOE:-}" = none ]; then export VLLM_TUNED_CONFIG_FOLDER=/tmp/no_moe_configs  # no file there: vLLM's default
+elif [ -n "${MOE:-}" ] && ls "$MOE"/E=*.json >/dev/null 2>&1; then export VLLM_TUNED_CONFIG_FOLDER=$MOE; fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-engine() { python3 bench/engine_bench.py "$@" 2>&1 | grep -E "RESULT|engine up|Error|MoE"; }
+engine() { python3 bench/engine_bench.py "$@" 2>&1 | grep -E "RESULT|engine up|Error|MoE|GIL held|^ *[0-9.]+% |^-- top"; }
 case "${1:-check}" in
   check) python3 bench/gpu_check.py --engine vllm --model /tmp/dsocr --load-format dummy; rc=$?
          tail -n 40 /tmp/gpu_check_server.log; exit $rc ;;
@@ -37,15 +40,16 @@ case "${1:-check}" in
              | tee "$OUT/service.log" | grep -v "^MODE"
            grep -iE "error|Traceback|renderer processes|input processing" /tmp/gpu_bench_server.log | head -20
            cp /tmp/gpu_bench_server.log "$OUT/service_server.log" ;;
-  engine) engine --guard vllm --passes cold --pages "${PAGES:-256}" --mm-cache-gb 0
-          engine --guard batched --passes cold,cached,cached-noguard --pages "${PAGES:-256}" ;;
+  engine) [ -n "${NAIVE-1}" ] && engine --guard vllm --passes cold --pages "${PAGES:-256}" --mm-cache-gb 0
+          engine --guard batched --passes "fill,cached${NOGUARD:+,cached-noguard}" --pages "${PAGES:-256}" \
+            --profile-s "${PROFILE_S:-0}" ;;
   moe) export VLLM_TUNED_CONFIG_FOLDER=${MOE:-/tmp/moe_tuned}
        timeout "${TUNE_S:-300}" python3 bench/moe_tune.py --out "$VLLM_TUNED_CONFIG_FOLDER" ${TUNE_ARGS:-} 2>&1 | tail -n 40
        cp "$VLLM_TUNED_CONFIG_FOLDER"/E=*.json "$OUT"/ 2>/dev/null
        engine --guard batched --passes cold,cached --pages "${PAGES:-256}" ;;
-  engine512) engine --guard batched --passes cold,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24
+  engine512) engine --guard batched --passes fill,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24
              if [ -n "${FP8:-}" ]; then
-               engine --guard batched --passes cold,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24 --kv-cache-dtype fp8
+               engine --guard batched --passes fill,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24 --kv-cache-dtype fp8
              fi ;;
   remote) python3 bench/serve_compare.py --api-servers "${API_SERVERS:-8}" --pages "${PAGES:-256}" \
             --front-phases "${FRONT_PHASES:-burst}" 2>&1 | tee "$OUT/remote.log" | grep -v "^MODE" ;;
