@@ -29,7 +29,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; export OUT
 if [ "${MOE:-}" = none ]; then export VLLM_TUNED_CONFIG_FOLDER=/tmp/no_moe_configs  # no file there: vLLM's default
 elif [ -n "${MOE:-}" ] && ls "$MOE"/E=*.json >/dev/null 2>&1; then export VLLM_TUNED_CONFIG_FOLDER=$MOE; fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-engine() { python3 bench/engine_bench.py "$@" 2>&1 | grep -E "RESULT|engine up|Error|MoE|GIL held|^ *[0-9.]+% |^-- top"; }
+engine() { python3 bench/engine_bench.py "$@" 2>&1 | grep --line-buffered -E "RESULT|engine up|Error|MoE|GIL held|^ *[0-9.]+% |^-- top"; }
 case "${1:-check}" in
   check) python3 bench/gpu_check.py --engine vllm --model /tmp/dsocr --load-format dummy; rc=$?
          tail -n 40 /tmp/gpu_check_server.log; exit $rc ;;
