@@ -45,6 +45,7 @@ async def plan(
     if output_uri:
         out = _folder(s3.parse_uri(output_uri, "output_uri"))
         check_write(out, settings)
+        s3.require_sdk()  # results are written at the end: without boto3, say so now rather than after the OCR
         extra.update(output_uri=str(out), output={"uri": str(out), "state": "pending"})
     if input_uri:
         if has_files:
