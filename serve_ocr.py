@@ -33,6 +33,7 @@ from errors import InputError, error_response, install_handlers
 from jobs import make_manager
 from middleware import ApiKeys, BodyLimit, RequestContext, configure_logging, load_api_keys
 from process.image_process import MODES, load_image
+from storage import s3
 
 VERSION = "0.1.0"
 ROUTERS = {
@@ -120,6 +121,11 @@ def mount_routers(app: FastAPI, routers: dict[str, str]) -> None:
 def create_app(settings: Settings | None = None, routers: dict[str, str] | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings)
+    if (settings.s3_buckets or settings.s3_output_buckets) and not s3.sdk_installed():
+        log.warning(
+            "S3_BUCKETS / S3_OUTPUT_BUCKETS are set, but boto3 is not installed: s3:// answers 501 s3_sdk_missing "
+            "until it is (pip install boto3)"
+        )
     keys = load_api_keys(settings)
 
     @asynccontextmanager

@@ -22,17 +22,14 @@ import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httpx
 
 from config import Settings
 from errors import InputError
 from inputs import pinned
-from jobs.store import FINAL
-
-if TYPE_CHECKING:
-    from jobs.manager import JobManager
+from jobs.store import FINAL, JobStore
 
 log = logging.getLogger("ocr.callbacks")
 SIGNATURE_HEADER = "X-OCR-Signature"
@@ -73,10 +70,25 @@ def _outcome(events: list[tuple[int, dict]]) -> tuple[bool, int]:
     return settled, sum("attempt" in e for e in attempts)
 
 
-class Callbacks:
-    """Delivers callbacks of one JobManager's jobs in background tasks."""
+class CallbackHost(Protocol):
+    """What Callbacks uses of the job manager that owns it (jobs/manager.py): its settings and store, a job's
+    public view (the links in the body), and its event log (every attempt)."""
 
-    def __init__(self, jobs: JobManager):
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def store(self) -> JobStore: ...
+
+    def public(self, job: dict) -> dict: ...
+
+    def emit(self, job_id: str, event: dict) -> int: ...
+
+
+class Callbacks:
+    """Delivers callbacks of one job manager's jobs in background tasks."""
+
+    def __init__(self, jobs: CallbackHost):
         self.jobs = jobs
         self.settings = jobs.settings
         self._tasks: dict[str, asyncio.Task] = {}

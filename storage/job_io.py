@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from config import Settings
 from documents import safe_name
@@ -27,9 +27,6 @@ from errors import InputError
 from storage import s3
 from storage.policy import check_read, check_write
 from storage.results import upload_document
-
-if TYPE_CHECKING:
-    from jobs.manager import JobManager
 
 log = logging.getLogger("ocr.jobs.s3")
 
@@ -48,6 +45,7 @@ async def plan(
     if output_uri:
         out = _folder(s3.parse_uri(output_uri, "output_uri"))
         check_write(out, settings)
+        s3.require_sdk()  # results are written at the end: without boto3, say so now rather than after the OCR
         extra.update(output_uri=str(out), output={"uri": str(out), "state": "pending"})
     if input_uri:
         if has_files:
@@ -68,10 +66,33 @@ async def plan(
     return remote, extra
 
 
+class JobRecords(Protocol):
+    """The part of the job store (jobs/store.py) that JobIO writes: the job's file entries."""
+
+    def update(self, job_id: str, **fields) -> None: ...
+
+
+class JobIOHost(Protocol):
+    """What JobIO uses of the job manager that runs the job (jobs/manager.py): its settings, its store's records,
+    the job's folder, its event log, and its results.zip."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def store(self) -> JobRecords: ...
+
+    def dir(self, job_id: str) -> Path: ...
+
+    def emit(self, job_id: str, event: dict) -> int: ...
+
+    def zip_path(self, job_id: str) -> Path: ...
+
+
 class JobIO:
     """One run of one job: sources for documents.process_many, and the uploads after each document and at the end."""
 
-    def __init__(self, jobs: JobManager, job_id: str, files: list[dict], options: dict):
+    def __init__(self, jobs: JobIOHost, job_id: str, files: list[dict], options: dict):
         self.jobs = jobs
         self.settings = jobs.settings
         self.job_id = job_id

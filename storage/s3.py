@@ -2,6 +2,8 @@
 role), the region, and AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for S3-compatible stores (MinIO, R2, Ceph).
 
 boto3 is synchronous: these functions block, so async code calls them through asyncio.to_thread (see fetch).
+It is imported at the first S3 call, not with this module: the service and the CLI start without the AWS SDK
+when S3 is not used, and an S3 call without it answers 501 s3_sdk_missing (pip install boto3).
 Every failure becomes an InputError with a fixed message that names the caller's own s3:// URI and the
 store's error code only: botocore's messages can carry the service's identity (ARNs) or its endpoint.
 """
@@ -14,12 +16,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from errors import InputError
 
@@ -65,29 +65,69 @@ def parse_uri(uri: str, field: str = "URI") -> S3Uri:
     return S3Uri(bucket, key)
 
 
+@cache
+def _load_sdk() -> SimpleNamespace | None:
+    """boto3 and the botocore names used here, imported once at the first S3 call; None without the SDK."""
+    try:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    except ImportError:
+        return None
+    return SimpleNamespace(
+        boto3=boto3,
+        Config=Config,
+        ClientError=ClientError,
+        NoCredentialsError=NoCredentialsError,
+        errors=(ClientError, BotoCoreError),
+    )
+
+
+def sdk_installed() -> bool:
+    return _load_sdk() is not None
+
+
+def require_sdk() -> SimpleNamespace:
+    """The SDK's names (see _load_sdk); without boto3, a 501 that says to install it."""
+    sdk = _load_sdk()
+    if sdk is None:
+        raise InputError(
+            501, "s3_sdk_missing", "s3:// needs the AWS SDK for Python, which is not installed here (pip install boto3)"
+        )
+    return sdk
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    """What the calls below catch: botocore's errors (none without the SDK: client() has raised s3_sdk_missing)."""
+    sdk = _load_sdk()
+    return sdk.errors if sdk else ()
+
+
 _clients: dict[tuple, Any] = {}
 _clients_lock = threading.Lock()
 
 
 def client(timeout_s: float = 20.0) -> Any:
     """A shared S3 client (thread-safe), rebuilt if the AWS_* environment changes (tests start a local store)."""
+    sdk = require_sdk()
     key = (timeout_s, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))))
     with _clients_lock:
         c = _clients.get(key)
         if c is None:
-            config = Config(
+            config = sdk.Config(
                 connect_timeout=timeout_s,
                 read_timeout=timeout_s,
                 retries={"mode": "standard"},  # transient errors and throttling are retried by botocore
                 max_pool_connections=32,
             )
-            c = _clients[key] = boto3.session.Session().client("s3", config=config)
+            c = _clients[key] = sdk.boto3.session.Session().client("s3", config=config)
     return c
 
 
 def error(e: Exception, uri: S3Uri, action: str) -> InputError:
     """A boto3/botocore exception as an InputError the caller can read (no identity, endpoint or path)."""
-    if isinstance(e, ClientError):
+    sdk = require_sdk()  # loaded: e is one of its errors
+    if isinstance(e, sdk.ClientError):
         code = str(e.response.get("Error", {}).get("Code", ""))
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code == "NoSuchBucket":
@@ -101,7 +141,7 @@ def error(e: Exception, uri: S3Uri, action: str) -> InputError:
         if code in ("InvalidObjectState", "InvalidRange"):
             return InputError(422, "s3_object_unreadable", f"{uri} cannot be read now ({code}, e.g. archived)")
         return InputError(502, "s3_error", f"the object store answered {code or status} to {action} {uri}")
-    if isinstance(e, NoCredentialsError):
+    if isinstance(e, sdk.NoCredentialsError):
         return InputError(503, "s3_credentials", "the service has no S3 credentials configured")
     return InputError(502, "s3_unavailable", f"the object store could not {action} {uri} ({type(e).__name__})")
 
@@ -111,7 +151,7 @@ def _stream(uri: S3Uri, limit: int, sink: Callable[[bytes], Any], timeout_s: flo
     while streaming if it grows past `limit`. Returns the byte count."""
     try:
         resp = client(timeout_s).get_object(Bucket=uri.bucket, Key=uri.key)
-    except (ClientError, BotoCoreError) as e:
+    except _errors() as e:
         raise error(e, uri, "read") from None
     body = resp["Body"]
     try:
@@ -124,7 +164,7 @@ def _stream(uri: S3Uri, limit: int, sink: Callable[[bytes], Any], timeout_s: flo
             if total > limit:
                 raise InputError(413, "file_too_large", f"{uri} is over the limit of {limit} bytes (MAX_UPLOAD_BYTES)")
             sink(chunk)
-    except (ClientError, BotoCoreError) as e:
+    except _errors() as e:
         raise error(e, uri, "read") from None
     finally:
         body.close()
@@ -169,7 +209,7 @@ def list_documents(prefix: S3Uri, max_keys: int, timeout_s: float = 20.0, page_s
                         413, "too_many_files", f"{prefix} holds more than {max_keys} documents (S3_MAX_KEYS)"
                     )
                 yield {"key": key, "size": int(obj.get("Size") or 0)}
-    except (ClientError, BotoCoreError) as e:
+    except _errors() as e:
         raise error(e, prefix, "list") from None
 
 
@@ -177,11 +217,9 @@ def exists(uri: S3Uri, timeout_s: float = 20.0) -> bool:
     try:
         client(timeout_s).head_object(Bucket=uri.bucket, Key=uri.key)
         return True
-    except ClientError as e:
-        if str(e.response.get("Error", {}).get("Code")) in _NOT_FOUND:
+    except _errors() as e:
+        if isinstance(e, require_sdk().ClientError) and str(e.response.get("Error", {}).get("Code")) in _NOT_FOUND:
             return False
-        raise error(e, uri, "read") from None
-    except BotoCoreError as e:
         raise error(e, uri, "read") from None
 
 
@@ -193,7 +231,7 @@ def put(uri: S3Uri, data: bytes | Path, content_type: str, timeout_s: float = 20
                 client(timeout_s).put_object(Bucket=uri.bucket, Key=uri.key, Body=f, ContentType=content_type)
         else:
             client(timeout_s).put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type)
-    except (ClientError, BotoCoreError) as e:
+    except _errors() as e:
         raise error(e, uri, "write") from None
 
 
