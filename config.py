@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     ngram_impl: Literal["batched", "vllm"] = Field(
         "batched", description="repetition guard: ours (GPU, batched) or vLLM's"
     )
+    batched_encoder: bool = Field(
+        True,
+        description="DeepSeek-OCR's vision encoder over all images of an engine step at once "
+        "(engines/vllm_encoder.py); false: vLLM's own per-image loop, which cannot take requests of different "
+        "modes in one step",
+    )
     mm_cache_gb: float = Field(0.0, ge=0, description="vLLM multimodal processor cache (0: every page is new)")
     kv_cache_dtype: str = Field("auto", description="vLLM KV cache dtype, e.g. fp8")
     enforce_eager: bool = Field(False, description="vLLM without CUDA graphs (faster start, slower decode)")

@@ -4,6 +4,7 @@ Pages are synthetic A4 pages (1240x1754, text lines), like ../shared/gpu/bench_d
 POST /generate with the repetition guard on, ignore_eos and a fixed max_tokens. Phases (--phases):
   modes       every mode x a tall, a wide and a square page: prompt tokens must equal our tile arithmetic
               (usage.prompt_tokens - tiles.image_tokens is the same text-token count for every request)
+  mixed       every mode at once, 8 requests each: images of different sizes share engine steps
   mode_rates  pages/s per mode (--mode-pages pages at once, --out-tokens each)
   burst       --pages pages at once in Gundam, --passes times: pages/s, the preprocessing wait p50/p90 (the
               in-process engine's usage.timings), vLLM's mean time before its engine queue (from its histograms:
@@ -106,6 +107,30 @@ def phase_modes(base: str, modes: list[str]) -> None:
         print("MODE", json.dumps(row), flush=True)
     ok = len(text_tokens) == 1 and all("error" not in r for r in rows)
     result(kind="modes_token_check", ok=ok, requests=len(rows), text_tokens=sorted(text_tokens))
+
+
+def phase_mixed(base: str, modes: list[str], per_mode: int) -> None:
+    """Every mode at once (`per_mode` requests each, tall and wide pages): requests of different modes share
+    engine steps, so their images reach the encoder in one batch of different sizes."""
+    pngs = [synthetic_page(1), synthetic_page(2, 1754, 1240)]
+    bodies = [{"prompt": "free", "image_base64": b64(pngs[i % 2]), "mode": m, "max_tokens": 8}
+              for m in modes for i in range(per_mode)]  # fmt: skip
+
+    async def go() -> list[httpx.Response]:
+        async with client(base, len(bodies)) as c:
+            return await asyncio.gather(*(c.post("/generate", json=b) for b in bodies))
+
+    rs = asyncio.run(go())
+    codes: dict[str, int] = {}
+    text_tokens: set[int] = set()
+    for r in rs:
+        codes[str(r.status_code)] = codes.get(str(r.status_code), 0) + 1
+        if r.status_code == 200:
+            o = r.json()
+            text_tokens.add(o["usage"]["prompt_tokens"] - o["tiles"]["image_tokens"])
+    ok = codes == {"200": len(bodies)} and len(text_tokens) == 1
+    bad = next((r.text[:300] for r in rs if r.status_code != 200), None)
+    result(kind="modes_mixed", ok=ok, requests=len(bodies), statuses=codes, text_tokens=sorted(text_tokens), error=bad)
 
 
 def phase_mode_rates(base: str, modes: list[str], pages: int, out_tokens: int) -> None:
@@ -303,6 +328,8 @@ def main() -> None:
             try:
                 if phase == "modes":
                     phase_modes(base, modes)
+                elif phase == "mixed":
+                    phase_mixed(base, modes, 8)
                 elif phase == "mode_rates":
                     picked = [m for m in args.rate_modes.split(",") if m] or modes
                     phase_mode_rates(base, picked, args.mode_pages, args.out_tokens)

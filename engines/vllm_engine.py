@@ -61,6 +61,11 @@ def engine_args(settings: Settings, logits_processor: object) -> dict:
     }
 
 
+def model_env(settings: Settings) -> dict[str, str]:
+    """Environment that vLLM's processes (the engine core, `vllm serve`'s) read in our model classes."""
+    return {"BATCHED_ENCODER": "1" if settings.batched_encoder else "0"}
+
+
 def sampling_kwargs(req: OCRRequest) -> dict:
     """SamplingParams keywords for one request (kept pure for tests)."""
     kw: dict = {
@@ -160,6 +165,7 @@ class VLLMEngine(OCREngine):
             "modes": list(self.modes),
             "default_mode": self.default_mode(),
             "tuned_moe_configs": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"),
+            "batched_encoder": self.settings.batched_encoder,
         }
         self.details["preprocess_processes"] = await self._start_pool(preprocess_processes(self.settings))
         self.details["start_seconds"] = round(time.perf_counter() - t0, 1)
@@ -174,6 +180,7 @@ class VLLMEngine(OCREngine):
         from engines import vllm_register
 
         vllm_register.register()  # also a vllm.general_plugins entry point (vllm_plugin/), for spawned processes
+        os.environ.update(model_env(self.settings))  # the engine-core process inherits it
         if folder := tuned_moe_folder():
             os.environ.setdefault("VLLM_TUNED_CONFIG_FOLDER", folder)
         if self.settings.ngram_impl == "vllm":

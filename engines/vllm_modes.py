@@ -13,6 +13,7 @@ process), also called by the in-process engine. Importing this module needs vLLM
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 from vllm.model_executor.models.deepseek_ocr import (
@@ -31,6 +32,8 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 from vllm.transformers_utils.processors.deepseek_ocr import CROP_MODE, MIN_CROPS, count_tiles
+
+from engines import vllm_encoder
 
 PATCH_SIZE = 16
 DOWNSAMPLE_RATIO = 4
@@ -90,7 +93,18 @@ class ModeAwareOCR2Processor(_ModeAwareUpdates, DeepseekOCR2MultiModalProcessor)
     ModeAwareOCRProcessor, info=DeepseekOCRProcessingInfo, dummy_inputs=DeepseekOCRDummyInputsBuilder
 )
 class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
-    """vLLM's DeepSeek-OCR with every resolution mode (the encoder CUDA graph, off by default, stays Gundam-only)."""
+    """vLLM's DeepSeek-OCR with every resolution mode, and the vision encoder batched over the whole step
+    (engines/vllm_encoder.py; BATCHED_ENCODER=0 keeps vLLM's per-image loop, which cannot take requests of
+    different modes in one step). vLLM's encoder CUDA graph (off by default) stays Gundam-only."""
+
+    def embed_multimodal(self, **kwargs: object):
+        if os.environ.get("BATCHED_ENCODER", "1") == "0":
+            return super().embed_multimodal(**kwargs)
+        pixel_values = kwargs.get("pixel_values")
+        if pixel_values is None:
+            return None
+        items = vllm_encoder.split_items(pixel_values, kwargs["images_crop"], kwargs["images_spatial_crop"])  # type: ignore[arg-type]
+        return vllm_encoder.encode(self, items) if items else None
 
 
 @MULTIMODAL_REGISTRY.register_processor(

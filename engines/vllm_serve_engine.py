@@ -36,7 +36,7 @@ import httpx
 from config import Settings
 from deepseek_ocr import EngineUnavailable, OCRRequest, OCRResult
 from engines.remote_engine import Backend, BackendFailed, RemoteEngine
-from engines.vllm_engine import FAMILIES, FAMILY_MODES, engine_args, tuned_moe_folder
+from engines.vllm_engine import FAMILIES, FAMILY_MODES, engine_args, model_env, tuned_moe_folder
 from errors import InputError
 
 log = logging.getLogger("ocr.vllm_serve")
@@ -214,9 +214,10 @@ class ManagedVLLMServeEngine(RemoteEngine):
         self.port = self.settings.vllm_serve_port or free_port()
         argv = self._argv(self.port) if self._argv else serve_argv(self.settings, self.port, write_chat_template(work))
         log.info("starting: %s (log %s)", " ".join(argv), self.log_path)
+        env = serve_env({**os.environ, **model_env(self.settings), **self._env})
         with self.log_path.open("wb") as out:
             self._proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=ROOT, env=serve_env({**os.environ, **self._env}), stdin=asyncio.subprocess.DEVNULL,
+                *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,  # its own process group
             )  # fmt: skip
         self._exit = asyncio.create_task(self._proc.wait())

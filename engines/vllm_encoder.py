@@ -1,0 +1,138 @@
+"""DeepSeek-OCR's vision encoder over a whole engine step at once, for every resolution mode.
+
+vLLM 0.26's eager encoder (`DeepseekOCRForCausalLM._pixel_values_to_embedding`) runs SAM + CLIP once per
+image: a batch of 1 for the global view, then the image's tiles, with four device syncs per image (`.item()`).
+On an H100 under a 256-page burst that left the GPU busy 42% of the time, with 79% of the engine-core's
+Python time in the encoder (bench/RESULTS.md). Here the global views of all images of one size go through
+SAM + CLIP in one batch, all tiles of one size in another, and the per-image assembly (tile grid with a
+newline per row, global view with a newline per row, view separator) is the same as vLLM's, from Python
+ints read once per step.
+
+vLLM hands the step's images as stacked tensors when every image has the same size, and as per-image lists
+when requests of different modes share a step (its batched/flat fields fall back to lists), which vLLM's
+own code cannot take. `split_items` turns either form into per-image pieces, so mixed modes work too.
+Pure torch: importable and tested without vLLM (tests/test_vllm_encoder.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+CHUNK_PIXELS = 16 * 1024 * 1024  # views per SAM + CLIP pass: at most 16 views of 1024x1024 (bounded activations)
+
+
+class Encoders(Protocol):
+    """What the encoder needs of vLLM's DeepseekOCRForCausalLM."""
+
+    sam_model: torch.nn.Module
+    vision_model: torch.nn.Module
+    projector: torch.nn.Module
+    image_newline: torch.Tensor
+    view_seperator: torch.Tensor
+
+
+@dataclass
+class Item:
+    """One image of the step: its global view [3, S, S], its tiles [n, 3, s, s], its tile grid (w, h)."""
+
+    view: torch.Tensor
+    tiles: torch.Tensor
+    grid: tuple[int, int]
+
+    @property
+    def tiled(self) -> bool:
+        return self.grid[0] > 1 or self.grid[1] > 1
+
+
+def split_items(
+    pixel_values: torch.Tensor | Sequence[torch.Tensor],
+    images_crop: torch.Tensor | Sequence[torch.Tensor],
+    images_spatial_crop: torch.Tensor | Sequence[torch.Tensor],
+) -> list[Item]:
+    """Per-image pieces from vLLM's batched kwargs (stacked tensors, or per-image lists for mixed sizes)."""
+    grids = [tuple(int(v) for v in g) for g in _rows(images_spatial_crop)]  # one host read for the step
+    views = list(pixel_values) if not isinstance(pixel_values, torch.Tensor) else list(pixel_values.unbind(0))
+    counts = [w * h if (w > 1 or h > 1) else 0 for w, h in grids]
+    if isinstance(images_crop, torch.Tensor):
+        tiles = list(images_crop.split(counts)) if sum(counts) == images_crop.shape[0] else _empty_tiles(counts)
+    else:
+        tiles = list(images_crop)
+    if not len(views) == len(tiles) == len(grids):
+        raise ValueError(f"{len(views)} images, {len(tiles)} tile sets, {len(grids)} grids")
+    return [Item(v, t, g) for v, t, g in zip(views, tiles, grids, strict=True)]  # type: ignore[arg-type]
+
+
+def _rows(spatial: torch.Tensor | Sequence[torch.Tensor]) -> list[list[int]]:
+    if isinstance(spatial, torch.Tensor):
+        return spatial.reshape(-1, 2).tolist()
+    return [torch.as_tensor(s).reshape(2).tolist() for s in spatial]
+
+
+def _empty_tiles(counts: list[int]) -> list[torch.Tensor]:
+    if any(counts):
+        raise ValueError(f"tiles do not match the grids: {counts}")
+    return [torch.empty(0) for _ in counts]
+
+
+def _features(enc: Encoders, views: torch.Tensor) -> torch.Tensor:
+    """SAM + CLIP + projector over a batch of same-size views -> [B, q*q, dim] (chunked)."""
+    per_view = views[0].numel() // 3
+    step = max(1, CHUNK_PIXELS // max(1, per_view))
+    out = []
+    for chunk in views.split(step):
+        sam = enc.sam_model(chunk)
+        clip = enc.vision_model(chunk, sam)
+        out.append(enc.projector(torch.cat((clip[:, 1:], sam.flatten(2).permute(0, 2, 1)), dim=-1)))
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _with_newlines(enc: Encoders, grid: torch.Tensor) -> torch.Tensor:
+    """[rows, cols, dim] -> [rows * (cols + 1), dim]: vLLM's newline embedding after every row."""
+    rows, _, dim = grid.shape
+    return torch.cat([grid, enc.image_newline[None, None, :].expand(rows, 1, dim)], dim=1).reshape(-1, dim)
+
+
+def _square(features: torch.Tensor) -> tuple[int, int]:
+    side = math.isqrt(features.shape[-2])
+    return side, features.shape[-1]
+
+
+def encode(enc: Encoders, items: list[Item]) -> list[torch.Tensor]:
+    """Per-image embeddings, exactly as vLLM's per-image loop builds them, from batched encoder passes."""
+    out: list[torch.Tensor | None] = [None] * len(items)
+    global_feats: dict[int, torch.Tensor] = {}
+    tile_feats: dict[int, torch.Tensor] = {}
+    for group in _groups(items, lambda it: tuple(it.view.shape)):
+        feats = _features(enc, torch.stack([items[i].view for i in group]))
+        global_feats.update(zip(group, feats, strict=True))
+    tiled = [i for i, it in enumerate(items) if it.tiled]
+    for group in _groups([items[i] for i in tiled], lambda it: tuple(it.tiles.shape[1:])):
+        idx = [tiled[j] for j in group]
+        feats = _features(enc, torch.cat([items[i].tiles for i in idx]))
+        for i, part in zip(idx, feats.split([items[i].tiles.shape[0] for i in idx]), strict=True):
+            tile_feats[i] = part
+    for i, it in enumerate(items):
+        side, dim = _square(global_feats[i])
+        pieces = []
+        if i in tile_feats:
+            w, h = it.grid
+            q = _square(tile_feats[i])[0]
+            grid = tile_feats[i].view(h, w, q, q, dim).permute(0, 2, 1, 3, 4).reshape(h * q, w * q, dim)
+            pieces.append(_with_newlines(enc, grid))
+        pieces.append(_with_newlines(enc, global_feats[i].view(side, side, dim)))
+        pieces.append(enc.view_seperator[None, :])
+        out[i] = torch.cat(pieces, dim=0)
+    return out  # type: ignore[return-value]
+
+
+def _groups(items: Sequence[Item], key) -> list[list[int]]:
+    """Indexes of items with the same key, in first-seen order."""
+    groups: dict[object, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(key(it), []).append(i)
+    return list(groups.values())
