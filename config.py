@@ -42,10 +42,10 @@ class Settings(BaseSettings):
         "batched", description="repetition guard: ours (GPU, batched) or vLLM's"
     )
     batched_encoder: bool = Field(
-        True,
-        description="DeepSeek-OCR's vision encoder over all images of an engine step at once "
-        "(engines/vllm_encoder.py); false: vLLM's own per-image loop, which cannot take requests of different "
-        "modes in one step",
+        False,
+        description="opt-in: DeepSeek-OCR's vision encoder over all images of an engine step at once "
+        "(engines/vllm_encoder.py; also takes images of different modes in one step) instead of vLLM's per-image "
+        "loop; measured 0.95x vLLM's on an H100 (bench/RESULTS.md), so vLLM's stays the default",
     )
     mm_cache_gb: float = Field(0.0, ge=0, description="vLLM multimodal processor cache (0: every page is new)")
     kv_cache_dtype: str = Field("auto", description="vLLM KV cache dtype, e.g. fp8")

@@ -115,7 +115,7 @@ def main() -> None:
             "out_tokens_per_page": out_tok // args.pages, "max_num_seqs": args.max_num_seqs,
             "kv_cache_dtype": args.kv_cache_dtype, "mm_cache_gb": args.mm_cache_gb,
             "tuned_moe": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"), "guard_rule_violations": broken,
-            "gpu_busy_mean_pct": busy.mean, "batched_encoder": os.environ.get("BATCHED_ENCODER", "1") != "0",
+            "gpu_busy_mean_pct": busy.mean, "batched_encoder": os.environ.get("BATCHED_ENCODER", "0") == "1",
         }), flush=True)  # fmt: skip
 
 

@@ -1,16 +1,18 @@
-"""DeepSeek-OCR's vision encoder over a whole engine step at once, for every resolution mode.
+"""DeepSeek-OCR's vision encoder over a whole engine step at once, for every resolution mode (opt-in:
+BATCHED_ENCODER=1).
 
 vLLM 0.26's eager encoder (`DeepseekOCRForCausalLM._pixel_values_to_embedding`) runs SAM + CLIP once per
 image: a batch of 1 for the global view, then the image's tiles, with four device syncs per image (`.item()`).
-On an H100 under a 256-page burst that left the GPU busy 42% of the time, with 79% of the engine-core's
-Python time in the encoder (bench/RESULTS.md). Here the global views of all images of one size go through
-SAM + CLIP in one batch, all tiles of one size in another, and the per-image assembly (tile grid with a
-newline per row, global view with a newline per row, view separator) is the same as vLLM's, from Python
-ints read once per step.
+Under a 256-page burst on an H100 the GPU was busy 42% of the time and 79% of the engine core's Python time
+went to the encoder, so this runs the global views of all images of one size through SAM + CLIP in one batch
+and all tiles of one size in another, with vLLM's per-image assembly (tile grid with a newline per row, global
+view with a newline per row, view separator) from Python ints read once per step. Measured: 0.95x vLLM's loop
+(7.47 vs 7.88 pages/s, same H100, back to back; bench/RESULTS.md): the per-image loop was not what idles the
+GPU, so vLLM's stays the default.
 
 vLLM hands the step's images as stacked tensors when every image has the same size, and as per-image lists
-when requests of different modes share a step (its batched/flat fields fall back to lists), which vLLM's
-own code cannot take. `split_items` turns either form into per-image pieces, so mixed modes work too.
+when images of different sizes share a step (its batched/flat fields fall back to lists), which vLLM's own
+code does not take (`torch.sum(list)`). `split_items` turns either form into per-image pieces.
 Pure torch: importable and tested without vLLM (tests/test_vllm_encoder.py).
 """
 

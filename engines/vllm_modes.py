@@ -93,12 +93,12 @@ class ModeAwareOCR2Processor(_ModeAwareUpdates, DeepseekOCR2MultiModalProcessor)
     ModeAwareOCRProcessor, info=DeepseekOCRProcessingInfo, dummy_inputs=DeepseekOCRDummyInputsBuilder
 )
 class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
-    """vLLM's DeepSeek-OCR with every resolution mode, and the vision encoder batched over the whole step
-    (engines/vllm_encoder.py; BATCHED_ENCODER=0 keeps vLLM's per-image loop, which cannot take requests of
-    different modes in one step). vLLM's encoder CUDA graph (off by default) stays Gundam-only."""
+    """vLLM's DeepSeek-OCR with every resolution mode; with BATCHED_ENCODER=1 the vision encoder runs over the
+    whole step at once (engines/vllm_encoder.py; opt-in: 0.95x vLLM's per-image loop on an H100, see
+    bench/RESULTS.md). vLLM's encoder CUDA graph (off by default) stays Gundam-only."""
 
     def embed_multimodal(self, **kwargs: object):
-        if os.environ.get("BATCHED_ENCODER", "1") == "0":
+        if os.environ.get("BATCHED_ENCODER", "0") != "1":
             return super().embed_multimodal(**kwargs)
         pixel_values = kwargs.get("pixel_values")
         if pixel_values is None:

@@ -16,6 +16,7 @@ from engines.vllm_engine import (
     engine_args,
     engine_prompt,
     mm_kwargs,
+    model_env,
     parallel_plan_error,
     preprocess_processes,
     sampling_kwargs,
@@ -85,6 +86,11 @@ def test_base_size_image_size_crop_mode_set_the_default_mode():
     req = build_request(engine.settings, Image.new("RGB", (1240, 1754)), "free", engine=engine)
     assert req.mode is MODES["tiny"] and req.plan.image_tokens == 8 * 9 + 1
     assert VLLMEngine(Settings(_env_file=None, default_mode="large")).default_mode() == "large"
+
+
+def test_batched_encoder_is_opt_in_and_reaches_vllms_processes_by_environment():
+    assert model_env(Settings(_env_file=None)) == {"BATCHED_ENCODER": "0"}
+    assert model_env(Settings(_env_file=None, batched_encoder=True)) == {"BATCHED_ENCODER": "1"}
 
 
 def test_tuned_moe_configs_are_used_only_when_present(tmp_path):
