@@ -38,7 +38,7 @@ case "${1:-check}" in
          tail -n 40 /tmp/gpu_check_server.log; exit $rc ;;
   service) python3 bench/gpu_bench.py --model /tmp/dsocr --phases "${PHASES:-modes,mode_rates,burst,soak,death}" \
              --pages "${PAGES:-256}" --passes "${PASSES:-2}" --profile-s "${PROFILE_S:-0}" ${EXTRA:-} 2>&1 \
-             | tee "$OUT/service.log" | grep -v "^MODE"
+             | tee "$OUT/service.log" | grep --line-buffered -v "^MODE"
            grep -iE "error|Traceback|renderer processes|input processing" /tmp/gpu_bench_server.log | head -20
            cp /tmp/gpu_bench_server.log "$OUT/service_server.log" ;;
   engine) [ -n "${NAIVE-1}" ] && engine --guard vllm --passes cold --pages "${PAGES:-256}" --mm-cache-gb 0
@@ -53,6 +53,6 @@ case "${1:-check}" in
                engine --guard batched --passes fill,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24 --kv-cache-dtype fp8
              fi ;;
   remote) python3 bench/serve_compare.py --api-servers "${API_SERVERS:-8}" --pages "${PAGES:-256}" \
-            --engines "${ENGINES:-1}" --front-phases "${FRONT_PHASES:-burst}" ${SKIP_PEER:+--skip-peer} 2>&1 | tee "$OUT/remote.log" | grep -v "^MODE" ;;
+            --engines "${ENGINES:-1}" --front-phases "${FRONT_PHASES:-burst}" ${SKIP_PEER:+--skip-peer} 2>&1 | tee "$OUT/remote.log" | grep --line-buffered -v "^MODE" ;;
   *) python3 "$@" ;;
 esac
