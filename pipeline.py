@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from fastapi import Request, UploadFile
+from fastapi.responses import JSONResponse
 from PIL import Image
 
 import ocr_utils
@@ -152,12 +153,16 @@ def build_request(
 
 
 async def cancel_on_disconnect(request: Request, work):
-    """Await `work`, cancelling it (and so the engine request) if the client goes away first."""
+    """Await `work`, cancelling it (and so the engine request) if the client goes away first. A request whose
+    client left ends as a 499 (logged and counted as such), not as a CancelledError traceback per client."""
     task = asyncio.ensure_future(work)
+    left = False
 
     async def watch() -> None:
+        nonlocal left
         while not task.done():
             if await request.is_disconnected():
+                left = True
                 task.cancel()
                 return
             await asyncio.sleep(0.25)
@@ -165,6 +170,12 @@ async def cancel_on_disconnect(request: Request, work):
     watcher = asyncio.create_task(watch())
     try:
         return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not left or (current is not None and current.cancelling()):  # shutdown, not the client: propagate
+            raise
+        message = "the client closed the connection; its work was cancelled"
+        return JSONResponse({"error": {"code": "client_closed_request", "message": message}}, status_code=499)
     finally:
         watcher.cancel()
 
