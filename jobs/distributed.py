@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import time
 from pathlib import Path
@@ -77,9 +78,8 @@ class DistributedJobManager(JobManager):
 
     async def stop(self) -> None:
         await self.callbacks.stop()
-        if self.worker:  # cancels its tasks: arq puts them back in the queue for the other replicas
-            with contextlib.suppress(Exception):
-                await self.worker.close()
+        if self.worker:  # cancels its tasks: they go back in the queue for the other replicas
+            await self._close_worker(self.worker)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -102,8 +102,7 @@ class DistributedJobManager(JobManager):
             while not run.done() and self.engine.ready:
                 await asyncio.wait({run}, timeout=1)
             if not run.done():  # the engine stopped under the worker
-                with contextlib.suppress(Exception):
-                    await worker.close()
+                await self._close_worker(worker)
                 await asyncio.wait({run})
                 continue
             if run.cancelled() or run.exception() is None:
@@ -111,6 +110,29 @@ class DistributedJobManager(JobManager):
             e = run.exception()
             log.error("job worker stopped (%s: %s); starting again in 5 s", type(e).__name__, e)
             await asyncio.sleep(5)
+
+    async def _close_worker(self, worker: Worker) -> None:
+        """Close an arq worker, handing its tasks back. arq puts a cancelled task that had begun back in the
+        queue, but one cancelled before it began keeps the in-progress mark set when it was taken (until
+        JOB_LEASE_S), and Worker.close() then raises CancelledError from its gather, skipping the rest of its
+        closing (and, uncaught, the rest of stop() and of the app's shutdown): here such tasks lose their
+        mark, so that any replica takes them at once, and close() only finds finished tasks."""
+        worker.handle_sig(signal.SIGUSR1)  # what close() does first: cancel its tasks and its polling loop
+        tasks = dict(worker.tasks)
+        if tasks:
+            await asyncio.wait(tasks.values())
+        for task_id in tasks:
+            worker.tasks.pop(task_id, None)
+        stranded = [task_id for task_id, t in tasks.items() if t.cancelled()]
+        for task_id, t in tasks.items():
+            if not t.cancelled() and t.exception():
+                log.warning("job task %s ended with %r", task_id, t.exception())
+        try:
+            if stranded:
+                await self.pool.delete(*(in_progress_key_prefix + task_id for task_id in stranded))
+            await worker.close()
+        except Exception as e:  # Redis away: the marks expire after JOB_LEASE_S
+            log.warning("closing the job worker: %s: %s", type(e).__name__, e)
 
     def _worker(self, redis_settings: RedisSettings) -> Worker:
         timeout = self.settings.job_page_timeout_s + 5  # arq's own limit; ours (inside ocr_page) comes first

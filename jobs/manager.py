@@ -68,6 +68,8 @@ class JobManager:
         for t in self._tasks:
             with contextlib.suppress(BaseException):
                 await t
+        if unfinished := self.store.ids(ACTIVE):  # left as they are: start() runs them again
+            log.info("stopped with %d unfinished job(s); they resume at the next start", len(unfinished))
 
     def dir(self, job_id: str) -> Path:
         return self.root / job_id
@@ -170,7 +172,10 @@ class JobManager:
         return path
 
     async def _worker(self, n: int) -> None:
+        me = asyncio.current_task()
         while True:
+            if me.cancelling():  # stop() came while a job swallowed the cancellation it passed on: stop now
+                raise asyncio.CancelledError
             job_id = await self.queue.get()
             job = self.store.get(job_id)
             if job is None or job["state"] != "queued":
@@ -180,8 +185,12 @@ class JobManager:
             try:
                 await task
             except asyncio.CancelledError:
-                if not task.cancelled():  # the worker itself is stopping
+                # Cancelling the worker (stop()) cancels the job it awaits, so the job's task ends cancelled
+                # either way: only the worker's own count tells stop() from DELETE /jobs/{id}. On stop() the
+                # job stays queued/running in the store and start() runs it again.
+                if me.cancelling() or not task.cancelled():
                     raise
+                # only the job was cancelled (DELETE /jobs/{id} recorded it): on to the next one
             except Exception as e:
                 log.exception("job %s failed", job_id)
                 self.finish(job_id, "failed", error=f"{type(e).__name__}: {e}")

@@ -76,6 +76,28 @@ def wait_ready(client: TestClient, timeout: float = 60) -> None:
     raise AssertionError(f"engine not ready: {client.get('/ready').json()}")
 
 
+def close_within(client: TestClient, timeout: float) -> float:
+    """Leave `client`'s `with` block (the app's lifespan shutdown) from a daemon thread, so that a shutdown that
+    hangs fails the test instead of hanging it; returns the seconds it took, raises what it raised."""
+    outcome: list[BaseException | None] = []
+
+    def close() -> None:
+        try:
+            client.__exit__(None, None, None)
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=close, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert outcome, f"the app was still stopping after {timeout:g} s"
+    if outcome[0] is not None:
+        raise AssertionError("the app's shutdown failed") from outcome[0]
+    return time.monotonic() - started
+
+
 @pytest.fixture(scope="session")
 def client():
     with make_client() as c:

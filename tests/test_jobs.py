@@ -9,9 +9,10 @@ import zipfile
 
 import httpx
 import pytest
-from conftest import DOCLING, cer, make_client, page_text, start_server, wait_ready
+from conftest import DOCLING, cer, close_within, make_client, page_text, start_server, wait_ready
 
 from config import Settings
+from jobs.sqlite_store import SQLiteJobStore
 
 
 def wait_state(client, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 120) -> dict:
@@ -72,6 +73,39 @@ def test_batch_job_cancel_queue_full_and_expiry(job_client, scan_png):
     time.sleep(4.5)  # RESULT_TTL_S=3: the sweeper removes finished jobs
     assert job_client.get(f"/jobs/{first}").status_code == 404
     assert job_client.get("/jobs/nope").json()["error"]["code"] == "job_not_found"
+
+
+def test_shutdown_with_a_job_running_and_one_queued(tmp_path):
+    """The app stops (SIGTERM under uvicorn) while one job runs and another waits: the lifespan ends within
+    seconds (it used to hang: the worker took its own cancellation for its job's and went back to its queue),
+    both jobs stay unfinished in the store, and the next start runs them again."""
+    settings = Settings(_env_file=None, data_dir=tmp_path, job_workers=1)
+    pdf = (DOCLING / "multi_page.pdf").read_bytes()  # 5 pages: still running when the app stops
+    client = make_client(settings).__enter__()
+    wait_ready(client)
+    running = client.post("/jobs", files=[("files", ("m.pdf", pdf))]).json()["job_id"]
+    queued = client.post("/jobs", files=[("files", ("q.pdf", pdf))]).json()["job_id"]
+    wait_state(client, running, ("running",), timeout=30)
+    assert client.get(f"/jobs/{queued}").json()["state"] == "queued"  # JOB_WORKERS=1: behind the first
+
+    assert close_within(client, 15) < 10
+
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    assert (store.get(running)["state"], store.get(running)["attempts"]) == ("running", 1)
+    assert (store.get(queued)["state"], store.get(queued)["attempts"]) == ("queued", 0)  # never started
+    for job_id in (running, queued):  # neither recorded as cancelled or failed
+        assert store.get(job_id)["finished"] is None
+        assert {e["type"] for _, e in store.events(job_id)} <= {"state", "page"}
+
+    client = make_client(settings).__enter__()  # the next start resumes both, the interrupted one first
+    wait_ready(client)
+    deadline = time.time() + 30
+    while not any(e.get("attempt") == 2 for _, e in client.app.state.jobs.store.events(running)):
+        assert time.time() < deadline, client.get(f"/jobs/{running}").json()
+        time.sleep(0.05)
+    assert client.get(f"/jobs/{running}").json()["state"] == "running"
+    assert client.get(f"/jobs/{queued}").json()["state"] == "queued"
+    assert close_within(client, 15) < 10  # and stops again just as promptly
 
 
 def test_job_survives_kill_9_and_restart(tmp_path):
