@@ -19,7 +19,7 @@ Pure torch: importable and tested without vLLM (tests/test_vllm_encoder.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,7 +48,13 @@ class Item:
 
     @property
     def tiled(self) -> bool:
-        return self.grid[0] > 1 or self.grid[1] > 1
+        return _tile_count(self.grid) > 0
+
+
+def _tile_count(grid: tuple[int, int]) -> int:
+    """Tiles of an image with this grid: none unless it is cut into more than one (vLLM's `is_tiled`)."""
+    w, h = grid
+    return w * h if (w > 1 or h > 1) else 0
 
 
 def split_items(
@@ -59,7 +65,7 @@ def split_items(
     """Per-image pieces from vLLM's batched kwargs (stacked tensors, or per-image lists for mixed sizes)."""
     grids = [tuple(int(v) for v in g) for g in _rows(images_spatial_crop)]  # one host read for the step
     views = list(pixel_values) if not isinstance(pixel_values, torch.Tensor) else list(pixel_values.unbind(0))
-    counts = [w * h if (w > 1 or h > 1) else 0 for w, h in grids]
+    counts = [_tile_count(g) for g in grids]  # type: ignore[arg-type]
     if isinstance(images_crop, torch.Tensor):
         tiles = list(images_crop.split(counts)) if sum(counts) == images_crop.shape[0] else _empty_tiles(counts)
     else:
@@ -106,35 +112,34 @@ def _square(features: torch.Tensor) -> tuple[int, int]:
 
 def encode(enc: Encoders, items: list[Item]) -> list[torch.Tensor]:
     """Per-image embeddings, exactly as vLLM's per-image loop builds them, from batched encoder passes."""
-    out: list[torch.Tensor | None] = [None] * len(items)
     global_feats: dict[int, torch.Tensor] = {}
     tile_feats: dict[int, torch.Tensor] = {}
-    for group in _groups(items, lambda it: tuple(it.view.shape)):
-        feats = _features(enc, torch.stack([items[i].view for i in group]))
-        global_feats.update(zip(group, feats, strict=True))
+    for group in _groups(range(len(items)), lambda i: tuple(items[i].view.shape)):
+        global_feats.update(zip(group, _features(enc, torch.stack([items[i].view for i in group])), strict=True))
     tiled = [i for i, it in enumerate(items) if it.tiled]
-    for group in _groups([items[i] for i in tiled], lambda it: tuple(it.tiles.shape[1:])):
-        idx = [tiled[j] for j in group]
-        feats = _features(enc, torch.cat([items[i].tiles for i in idx]))
-        for i, part in zip(idx, feats.split([items[i].tiles.shape[0] for i in idx]), strict=True):
-            tile_feats[i] = part
-    for i, it in enumerate(items):
-        side, dim = _square(global_feats[i])
-        pieces = []
-        if i in tile_feats:
-            w, h = it.grid
-            q = _square(tile_feats[i])[0]
-            grid = tile_feats[i].view(h, w, q, q, dim).permute(0, 2, 1, 3, 4).reshape(h * q, w * q, dim)
-            pieces.append(_with_newlines(enc, grid))
-        pieces.append(_with_newlines(enc, global_feats[i].view(side, side, dim)))
-        pieces.append(enc.view_seperator[None, :])
-        out[i] = torch.cat(pieces, dim=0)
-    return out  # type: ignore[return-value]
+    for group in _groups(tiled, lambda i: tuple(items[i].tiles.shape[1:])):
+        feats = _features(enc, torch.cat([items[i].tiles for i in group]))
+        tile_feats.update(zip(group, feats.split([items[i].tiles.shape[0] for i in group]), strict=True))
+    return [_assemble(enc, it, global_feats[i], tile_feats.get(i)) for i, it in enumerate(items)]
 
 
-def _groups(items: Sequence[Item], key) -> list[list[int]]:
-    """Indexes of items with the same key, in first-seen order."""
+def _assemble(enc: Encoders, item: Item, global_feats: torch.Tensor, tile_feats: torch.Tensor | None) -> torch.Tensor:
+    """[tile grid with a newline per row] + [global view with a newline per row] + [view separator]."""
+    side, dim = _square(global_feats)
+    pieces = []
+    if tile_feats is not None:
+        w, h = item.grid
+        q = _square(tile_feats)[0]
+        grid = tile_feats.view(h, w, q, q, dim).permute(0, 2, 1, 3, 4).reshape(h * q, w * q, dim)
+        pieces.append(_with_newlines(enc, grid))
+    pieces.append(_with_newlines(enc, global_feats.view(side, side, dim)))
+    pieces.append(enc.view_seperator[None, :])
+    return torch.cat(pieces, dim=0)
+
+
+def _groups(indexes: Iterable[int], key: Callable[[int], object]) -> list[list[int]]:
+    """`indexes` grouped by key, in first-seen order."""
     groups: dict[object, list[int]] = {}
-    for i, it in enumerate(items):
-        groups.setdefault(key(it), []).append(i)
+    for i in indexes:
+        groups.setdefault(key(i), []).append(i)
     return list(groups.values())
