@@ -147,19 +147,26 @@ def phase_mode_rates(base: str, modes: list[str], pages: int, out_tokens: int) -
 VLLM_TIMES = ("e2e_request_latency", "request_queue_time", "request_inference_time", "time_to_first_token")
 
 
+def scrape(base: str) -> str:
+    """A Prometheus /metrics page ("" if it does not answer)."""
+    try:
+        return httpx.get(f"{base}/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return ""
+
+
+def metric(text: str, name: str) -> float | None:
+    """The sum of a metric's series (every label set) on a scraped page, or None if it is not there."""
+    vals = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M)]
+    return sum(vals) if vals else None
+
+
 def vllm_time_sums(metrics_url: str) -> dict[str, float]:
     """Sums and counts of vLLM's per-request time histograms (its /metrics: in this service's in-process, the
     managed `vllm serve`'s otherwise)."""
-    try:
-        text = httpx.get(f"{metrics_url}/metrics", timeout=30).text
-    except httpx.HTTPError:
-        return {}
-    out: dict[str, float] = {}
-    for name in VLLM_TIMES:
-        for part in ("sum", "count"):
-            pat = rf"^vllm:{name}_seconds_{part}(?:{{[^}}]*}})? ([0-9.eE+-]+)$"
-            out[f"{name}_{part}"] = sum(float(m.group(1)) for m in re.finditer(pat, text, re.M))
-    return out
+    text = scrape(metrics_url)
+    return {f"{name}_{part}": metric(text, f"vllm:{name}_seconds_{part}") or 0.0
+            for name in VLLM_TIMES for part in ("sum", "count")} if text else {}  # fmt: skip
 
 
 def vllm_front(before: dict[str, float], after: dict[str, float]) -> dict:
@@ -200,12 +207,6 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def metric(base: str, name: str) -> float | None:
-    text = httpx.get(f"{base}/metrics", timeout=30).text
-    vals = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M)]
-    return sum(vals) if vals else None
-
-
 async def soak(base: str, n: int, conc: int, out_tokens: int, leave: float) -> dict:
     pngs = [b64(synthetic_page(p, 620, 877)) for p in range(16)]
     sem = asyncio.Semaphore(conc)
@@ -237,12 +238,13 @@ def phase_soak(base: str, pid: int, n: int, conc: int, out_tokens: int, metrics_
     rss0 = rss_mb(pid)
     out = asyncio.run(soak(base, n, conc, out_tokens, 0.10))
     time.sleep(3)  # let aborts reach the engine
+    after = scrape(metrics_url)  # one page for every gauge
     errors_5xx = sum(v for k, v in out["statuses"].items() if k.startswith("5") and k != "503")
     result(
         kind="soak", requests=n, concurrency=conc, out_tokens=out_tokens, **out, server_5xx_not_503=errors_5xx,
-        vllm_running_after=metric(metrics_url, "vllm:num_requests_running"),
-        vllm_waiting_after=metric(metrics_url, "vllm:num_requests_waiting"),
-        kv_cache_usage_after=metric(metrics_url, "vllm:kv_cache_usage_perc"),
+        vllm_running_after=metric(after, "vllm:num_requests_running"),
+        vllm_waiting_after=metric(after, "vllm:num_requests_waiting"),
+        kv_cache_usage_after=metric(after, "vllm:kv_cache_usage_perc"),
         api_rss_mb_start=round(rss0, 1), api_rss_mb_end=round(rss_mb(pid), 1),
     )  # fmt: skip
 
