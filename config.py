@@ -47,6 +47,16 @@ class Settings(BaseSettings):
         "(engines/vllm_encoder.py; also takes images of different modes in one step) instead of vLLM's per-image "
         "loop; measured 0.95x vLLM's on an H100 (bench/RESULTS.md), so vLLM's stays the default",
     )
+    uint8_pixels: bool = Field(
+        False,
+        description="vLLM's processor hands page views to the engine as uint8 and the GPU normalises them (the same "
+        "values; engines/vllm_pixels.py): less CPU and a quarter of the bytes per page",
+    )
+    encoder_cudagraph: bool = Field(
+        False,
+        description="vLLM's CUDA graphs for DeepSeek-OCR's vision encoder (cudagraph_mm_encoder; Gundam-sized views "
+        "replay graphs, other modes run eagerly)",
+    )
     mm_cache_gb: float = Field(0.0, ge=0, description="vLLM multimodal processor cache (0: every page is new)")
     kv_cache_dtype: str = Field("auto", description="vLLM KV cache dtype, e.g. fp8")
     enforce_eager: bool = Field(False, description="vLLM without CUDA graphs (faster start, slower decode)")

@@ -47,7 +47,15 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--kv-cache-dtype", default="auto")
     ap.add_argument("--mm-cache-gb", type=float, default=16)
-    ap.add_argument("--guard", choices=["batched", "vllm", "none"], default="batched")
+    ap.add_argument(
+        "--guard",
+        choices=["batched", "vllm", "none"],
+        default="batched",
+        help="none: no logits processor at all (vLLM then skips its per-step sync of sampled tokens)",
+    )
+    ap.add_argument("--encoder-cudagraph", action="store_true", help="vLLM's CUDA graphs for the vision encoder")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    ap.add_argument("--tag", default="", help="names this run's token files in $OUT")
     ap.add_argument("--passes", default="cold,cached")
     ap.add_argument("--profile-s", type=float, default=0, help="py-spy the EngineCore during the pass after a fill")
     args = ap.parse_args()
@@ -64,13 +72,17 @@ def main() -> None:
         from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor as proc
     else:
         from engines.vllm_ngram import BatchedNGramLogitsProcessor as proc
+    procs = [] if args.guard == "none" else [proc]
     t0 = time.time()
     llm = LLM(
         model=args.model, load_format="dummy", enable_prefix_caching=False, mm_processor_cache_gb=args.mm_cache_gb,
         max_model_len=8192, max_num_seqs=args.max_num_seqs, gpu_memory_utilization=0.9,
-        kv_cache_dtype=args.kv_cache_dtype, logits_processors=[proc],
+        kv_cache_dtype=args.kv_cache_dtype, logits_processors=procs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        compilation_config={"cudagraph_mm_encoder": args.encoder_cudagraph},
     )  # fmt: skip
     print(f"engine up in {time.time() - t0:.1f} s (guard {args.guard})", flush=True)
+    tag = args.tag or f"{args.guard}-u{os.environ.get('UINT8_PIXELS', '0')}"
     inputs = [{"prompt": PROMPT, "multi_modal_data": {"image": page(p)}} for p in range(args.pages)]
     guard = {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
     rule = (guard["ngram_size"], guard["window_size"], set(guard["whitelist_token_ids"]))
@@ -104,6 +116,9 @@ def main() -> None:
             spy.wait(timeout=args.profile_s + 30)
             print(report(prof, 100, args.profile_s), flush=True)
         out_tok = sum(len(o.outputs[0].token_ids) for o in outs)
+        # Every page's output tokens, to compare two runs (e.g. UINT8_PIXELS=1 vs 0: the same tokens expected)
+        tokens = [list(o.outputs[0].token_ids) for o in outs]
+        (Path(os.environ.get("OUT", "/tmp")) / f"tokens_{tag}_{kind}.json").write_text(json.dumps(tokens))
         # Tokens the guard's rule forbids, in the finished outputs: 0 with a working guard; random weights
         # under greedy decoding loop, so the pass without the guard shows how many there would be.
         broken = sum(violations(list(o.outputs[0].token_ids), *rule) for o in outs)
@@ -116,6 +131,8 @@ def main() -> None:
             "kv_cache_dtype": args.kv_cache_dtype, "mm_cache_gb": args.mm_cache_gb,
             "tuned_moe": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"), "guard_rule_violations": broken,
             "gpu_busy_mean_pct": busy.mean, "batched_encoder": os.environ.get("BATCHED_ENCODER", "0") == "1",
+            "encoder_cudagraph": args.encoder_cudagraph, "max_num_batched_tokens": args.max_num_batched_tokens,
+            "uint8_pixels": os.environ.get("UINT8_PIXELS", "0") == "1",
         }), flush=True)  # fmt: skip
 
 

@@ -40,6 +40,7 @@ from pyspy_summary import report
 from service import start_service, stop_service
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown. "
+MIXED_TIMEOUT_S = 240  # a mixed-mode request still unanswered by then counts as hung (ReadTimeout)
 
 
 def synthetic_page(p: int, w: int = 1240, h: int = 1754) -> bytes:
@@ -116,12 +117,17 @@ def phase_mixed(base: str, modes: list[str], per_mode: int) -> None:
     bodies = [{"prompt": "free", "image_base64": b64(pngs[i % 2]), "mode": m, "max_tokens": 8}
               for m in modes for i in range(per_mode)]  # fmt: skip
 
-    async def go() -> list[httpx.Response]:
+    async def go() -> list[httpx.Response | BaseException]:
         async with client(base, len(bodies)) as c:
-            return await asyncio.gather(*(c.post("/generate", json=b) for b in bodies))
+            posts = (c.post("/generate", json=b, timeout=MIXED_TIMEOUT_S) for b in bodies)
+            return await asyncio.gather(*posts, return_exceptions=True)
 
-    rs = asyncio.run(go())
+    answers = asyncio.run(go())
+    rs = [r for r in answers if isinstance(r, httpx.Response)]
     codes: dict[str, int] = {}
+    for r in answers:
+        if not isinstance(r, httpx.Response):
+            codes[type(r).__name__] = codes.get(type(r).__name__, 0) + 1
     text_tokens: set[int] = set()
     for r in rs:
         codes[str(r.status_code)] = codes.get(str(r.status_code), 0) + 1
@@ -313,7 +319,7 @@ def main() -> None:
         "MAX_QUEUE": "4096", "ENGINE_DEATH": "exit",
     }  # fmt: skip
     env.update(kv.split("=", 1) for kv in args.extra_env.split(",") if kv)
-    log = Path(tempfile.gettempdir()) / "gpu_bench_server.log"
+    log = Path(os.environ.get("OUT") or tempfile.gettempdir()) / "gpu_bench_server.log"  # kept if a run times out
     t0 = time.time()
     server, base = start_service(env, log=log, timeout=900, uvicorn_args=("--log-level", "warning"))
     try:

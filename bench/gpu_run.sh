@@ -11,7 +11,8 @@
 #                                   # (ENGINES=2 API_SERVERS=4: two engines sharing the GPU; FRONT_PHASES=, SKIP_PEER=1)
 # Environment: PAGES, PASSES, PHASES, EXTRA (gpu_bench flags), PROFILE_S (py-spy: the API process during the burst,
 # the EngineCore during the engine's cached pass), MOE=/tmp/moe_tuned (tuned MoE configs for every run:
-# VLLM_TUNED_CONFIG_FOLDER; unset = the table shipped in engines/moe_configs; MOE=none = vLLM's default config).
+# VLLM_TUNED_CONFIG_FOLDER; unset = the table shipped in engines/moe_configs; MOE=none = vLLM's default config),
+# ENGINE_ARGS (engine_bench flags for every engine run, e.g. --encoder-cudagraph).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
 export PATH=/tmp/spy/bin:/tmp/site/bin:$PATH
@@ -29,7 +30,10 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; export OUT
 if [ "${MOE:-}" = none ]; then export VLLM_TUNED_CONFIG_FOLDER=/tmp/no_moe_configs  # no file there: vLLM's default
 elif [ -n "${MOE:-}" ] && ls "$MOE"/E=*.json >/dev/null 2>&1; then export VLLM_TUNED_CONFIG_FOLDER=$MOE; fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-engine() { python3 bench/engine_bench.py "$@" 2>&1 | grep --line-buffered -E "RESULT|engine up|Error|MoE|GIL held|^ *[0-9.]+% |^-- top"; }
+# Each engine run's whole output goes to $OUT/engine_N.log; the terminal gets the figures.
+engine() { n=$(ls "$OUT"/engine_*.log 2>/dev/null | wc -l); echo "engine_$n: $* ${ENGINE_ARGS:-}"
+  python3 bench/engine_bench.py "$@" ${ENGINE_ARGS:-} 2>&1 | tee "$OUT/engine_$n.log" \
+    | grep --line-buffered -E "RESULT|engine up|Error|MoE|GIL held|^ *[0-9.]+% |^-- top"; }
 case "${1:-check}" in
   check) python3 bench/gpu_check.py --engine vllm --model /tmp/dsocr --load-format dummy; rc=$?
          tail -n 40 /tmp/gpu_check_server.log; exit $rc ;;
@@ -39,8 +43,7 @@ case "${1:-check}" in
   service) python3 bench/gpu_bench.py --model /tmp/dsocr --phases "${PHASES:-modes,mode_rates,burst,soak,death}" \
              --pages "${PAGES:-256}" --passes "${PASSES:-2}" --profile-s "${PROFILE_S:-0}" ${EXTRA:-} 2>&1 \
              | tee "$OUT/service.log" | grep --line-buffered -v "^MODE"
-           grep -iE "error|Traceback|renderer processes|input processing" /tmp/gpu_bench_server.log | head -20
-           cp /tmp/gpu_bench_server.log "$OUT/service_server.log" ;;
+           grep -iE "error|Traceback|renderer processes|input processing" "$OUT/gpu_bench_server.log" | head -20 ;;
   engine) [ -n "${NAIVE-1}" ] && engine --guard vllm --passes cold --pages "${PAGES:-256}" --mm-cache-gb 0
           engine --guard batched --passes "fill,cached${NOGUARD:+,cached-noguard}" --pages "${PAGES:-256}" \
             --profile-s "${PROFILE_S:-0}" ;;

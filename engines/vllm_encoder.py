@@ -10,9 +10,12 @@ view with a newline per row, view separator) from Python ints read once per step
 (7.47 vs 7.88 pages/s, same H100, back to back; bench/RESULTS.md): the per-image loop was not what idles the
 GPU, so vLLM's stays the default.
 
-vLLM hands the step's images as stacked tensors when every image has the same size, and as per-image lists
-when images of different sizes share a step (its batched/flat fields fall back to lists), which vLLM's own
-code does not take (`torch.sum(list)`). `split_items` turns either form into per-image pieces.
+vLLM hands the step's images as stacked tensors when every image has the same size. When images of different
+modes share a step, its batched field (global views) falls back to a per-image list, which vLLM's own code does
+not take (`torch.sum(list)`), and its flat field (tiles) zero-pads every tile to the largest tile size of the
+step (640-px Gundam tiles inside 1024-px canvases next to Gundam-M's). `split_items` turns either form into
+per-image pieces, cutting each image's tiles back to its own size (`tile_sizes`, a field our processor adds);
+`mixed` says when a step needs that, so the mode-aware model class sends it here whatever BATCHED_ENCODER says.
 Pure torch: importable and tested without vLLM (tests/test_vllm_encoder.py).
 """
 
@@ -61,8 +64,10 @@ def split_items(
     pixel_values: torch.Tensor | Sequence[torch.Tensor],
     images_crop: torch.Tensor | Sequence[torch.Tensor],
     images_spatial_crop: torch.Tensor | Sequence[torch.Tensor],
+    tile_sizes: torch.Tensor | Sequence[int] | None = None,
 ) -> list[Item]:
-    """Per-image pieces from vLLM's batched kwargs (stacked tensors, or per-image lists for mixed sizes)."""
+    """Per-image pieces from vLLM's batched kwargs (stacked tensors, per-image lists, or tiles zero-padded to the
+    step's largest tile size, cut back to each image's `tile_sizes`)."""
     grids = [tuple(int(v) for v in g) for g in _rows(images_spatial_crop)]  # one host read for the step
     views = list(pixel_values) if not isinstance(pixel_values, torch.Tensor) else list(pixel_values.unbind(0))
     counts = [_tile_count(g) for g in grids]  # type: ignore[arg-type]
@@ -72,7 +77,29 @@ def split_items(
         tiles = list(images_crop)
     if not len(views) == len(tiles) == len(grids):
         raise ValueError(f"{len(views)} images, {len(tiles)} tile sets, {len(grids)} grids")
+    if tile_sizes is not None:
+        sizes = _ints(tile_sizes)
+        tiles = [t[..., :s, :s] if t.numel() and t.shape[-1] > s else t for t, s in zip(tiles, sizes, strict=True)]
     return [Item(v, t, g) for v, t, g in zip(views, tiles, grids, strict=True)]  # type: ignore[arg-type]
+
+
+def mixed(
+    pixel_values: torch.Tensor | Sequence[torch.Tensor],
+    images_crop: torch.Tensor | Sequence[torch.Tensor],
+    images_spatial_crop: torch.Tensor | Sequence[torch.Tensor],
+    tile_sizes: torch.Tensor | Sequence[int] | None,
+) -> bool:
+    """Whether a step holds images of different sizes (which vLLM's per-image loop cannot take)."""
+    if not isinstance(pixel_values, torch.Tensor) or not isinstance(images_crop, torch.Tensor):
+        return True
+    if tile_sizes is None or images_crop.numel() == 0:
+        return False
+    tiled = [_tile_count(tuple(g)) > 0 for g in _rows(images_spatial_crop)]  # type: ignore[arg-type]
+    return any(t and s != images_crop.shape[-1] for t, s in zip(tiled, _ints(tile_sizes), strict=True))
+
+
+def _ints(values: torch.Tensor | Sequence[int]) -> list[int]:
+    return [int(v) for v in (values.reshape(-1).tolist() if isinstance(values, torch.Tensor) else values)]
 
 
 def _rows(spatial: torch.Tensor | Sequence[torch.Tensor]) -> list[list[int]]:

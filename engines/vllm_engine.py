@@ -57,13 +57,17 @@ def engine_args(settings: Settings, logits_processor: object) -> dict:
         "kv_cache_dtype": settings.kv_cache_dtype,
         "logits_processors": [logits_processor],
         "enforce_eager": settings.enforce_eager,
+        "compilation_config": {"cudagraph_mm_encoder": settings.encoder_cudagraph},
         "disable_log_stats": False,  # KV-cache and queue gauges reach /metrics
     }
 
 
 def model_env(settings: Settings) -> dict[str, str]:
     """Environment that vLLM's processes (the engine core, `vllm serve`'s) read in our model classes."""
-    return {"BATCHED_ENCODER": "1" if settings.batched_encoder else "0"}
+    return {
+        "BATCHED_ENCODER": "1" if settings.batched_encoder else "0",
+        "UINT8_PIXELS": "1" if settings.uint8_pixels else "0",
+    }
 
 
 def sampling_kwargs(req: OCRRequest) -> dict:

@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
+import torch
 from vllm.model_executor.models.deepseek_ocr import (
     DeepseekOCRDummyInputsBuilder,
     DeepseekOCRForCausalLM,
@@ -29,11 +30,12 @@ from vllm.model_executor.models.deepseek_ocr2 import (
     DeepseekOCR2ProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 from vllm.transformers_utils.processors.deepseek_ocr import CROP_MODE, MIN_CROPS, count_tiles
 
-from engines import vllm_encoder
+from engines import vllm_encoder, vllm_pixels
 
 PATCH_SIZE = 16
 DOWNSAMPLE_RATIO = 4
@@ -80,6 +82,40 @@ class _ModeAwareUpdates:
 
         return [PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)]
 
+    def _call_hf_processor(self, prompt, mm_data, mm_kwargs, tok_kwargs):
+        outputs = super()._call_hf_processor(prompt, mm_data, mm_kwargs, tok_kwargs)  # type: ignore[misc]
+        if "pixel_values" in outputs:
+            # Each image's tile size: when modes share an engine step, vLLM pads every tile to the largest.
+            size = self.info.get_hf_processor(**mm_kwargs).image_size  # type: ignore[attr-defined]
+            outputs["tile_size"] = torch.full((outputs["pixel_values"].shape[0],), size, dtype=torch.long)
+            if vllm_pixels.enabled():
+                vllm_pixels.uint8_empties(outputs)
+        return outputs
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))  # type: ignore[misc]
+        return {**fields, "tile_size": MultiModalFieldConfig.batched("image")}
+
+
+class _Uint8Views:
+    """Mixin for the processing infos: with UINT8_PIXELS the HF processor emits uint8 views
+    (engines/vllm_pixels.py); the model classes below normalise them on the GPU."""
+
+    def get_hf_processor(self, **kwargs: object):
+        processor = super().get_hf_processor(**kwargs)  # type: ignore[misc]
+        transform = processor.image_transform
+        if vllm_pixels.enabled() and vllm_pixels.swappable(transform):
+            processor.image_transform = vllm_pixels.Uint8Transform(transform)  # vLLM caches the processor: once
+        return processor
+
+
+class OCRInfo(_Uint8Views, DeepseekOCRProcessingInfo):
+    pass
+
+
+class OCR2Info(_Uint8Views, DeepseekOCR2ProcessingInfo):
+    pass
+
 
 class ModeAwareOCRProcessor(_ModeAwareUpdates, DeepseekOCRMultiModalProcessor):
     pass
@@ -89,26 +125,37 @@ class ModeAwareOCR2Processor(_ModeAwareUpdates, DeepseekOCR2MultiModalProcessor)
     pass
 
 
-@MULTIMODAL_REGISTRY.register_processor(
-    ModeAwareOCRProcessor, info=DeepseekOCRProcessingInfo, dummy_inputs=DeepseekOCRDummyInputsBuilder
-)
+@MULTIMODAL_REGISTRY.register_processor(ModeAwareOCRProcessor, info=OCRInfo, dummy_inputs=DeepseekOCRDummyInputsBuilder)
 class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
     """vLLM's DeepSeek-OCR with every resolution mode; with BATCHED_ENCODER=1 the vision encoder runs over the
     whole step at once (engines/vllm_encoder.py; opt-in: 0.95x vLLM's per-image loop on an H100, see
     bench/RESULTS.md). vLLM's encoder CUDA graph (off by default) stays Gundam-only."""
 
     def embed_multimodal(self, **kwargs: object):
-        if os.environ.get("BATCHED_ENCODER", "0") != "1":
+        kwargs = vllm_pixels.normalise_inputs(kwargs, self.view_seperator.dtype)
+        tile_sizes = kwargs.pop("tile_size", None)
+        pixel_values, crops, grids = (kwargs.get(k) for k in ("pixel_values", "images_crop", "images_spatial_crop"))
+        if pixel_values is None or crops is None or grids is None:
             return super().embed_multimodal(**kwargs)
-        pixel_values = kwargs.get("pixel_values")
-        if pixel_values is None:
-            return None
-        items = vllm_encoder.split_items(pixel_values, kwargs["images_crop"], kwargs["images_spatial_crop"])  # type: ignore[arg-type]
+        # Modes mixed in one step arrive as lists / padded tiles that vLLM's loop cannot take: ours can.
+        batched = os.environ.get("BATCHED_ENCODER", "0") == "1"
+        if not batched and not vllm_encoder.mixed(pixel_values, crops, grids, tile_sizes):  # type: ignore[arg-type]
+            return super().embed_multimodal(**kwargs)
+        items = vllm_encoder.split_items(pixel_values, crops, grids, tile_sizes)  # type: ignore[arg-type]
         return vllm_encoder.encode(self, items) if items else None
+
+    def select_encoder_cudagraph_items(self, mm_kwargs, indices):
+        """vLLM's encoder CUDA graph (cudagraph_mm_encoder) takes each batch of views from here."""
+        selected = super().select_encoder_cudagraph_items(mm_kwargs, indices)
+        return vllm_pixels.normalise_inputs(selected, self.view_seperator.dtype)
 
 
 @MULTIMODAL_REGISTRY.register_processor(
-    ModeAwareOCR2Processor, info=DeepseekOCR2ProcessingInfo, dummy_inputs=DeepseekOCR2DummyInputsBuilder
+    ModeAwareOCR2Processor, info=OCR2Info, dummy_inputs=DeepseekOCR2DummyInputsBuilder
 )
 class DeepseekOCR2ModesForCausalLM(DeepseekOCR2ForCausalLM):
     """vLLM's DeepSeek-OCR-2 with crop mode on or off per request."""
+
+    def embed_multimodal(self, **kwargs: object):
+        kwargs.pop("tile_size", None)  # OCR-2's modes share one tile size
+        return super().embed_multimodal(**vllm_pixels.normalise_inputs(kwargs, self.view_seperator.dtype))

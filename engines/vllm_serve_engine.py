@@ -74,6 +74,8 @@ def engine_flags(kw: dict) -> list[str]:
                 out.append(flag)
             elif key in EXPLICIT_FALSE:
                 out.append("--no-" + flag[2:])
+        elif isinstance(value, dict):
+            out += [flag, json.dumps(value)]
         elif isinstance(value, list | tuple):
             out += [flag, *map(str, value)]
         else:

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from engines import vllm_encoder
 from engines.vllm_encoder import Item, encode, split_items
 from process.image_process import MODES, plan_tiles
 
@@ -99,17 +100,59 @@ def test_a_stacked_gundam_step_matches_the_per_image_loop_and_our_token_arithmet
     assert grids[1].tolist() == [1, 1] and out[1].shape[0] == 16 * 17 + 1  # the untiled page: global view only
 
 
+def vllm_batched(per_image: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """vLLM 0.26's MultiModalBatchedField._reduce_data: a stack if every shape agrees, else the list."""
+    return torch.stack(per_image) if len({t.shape for t in per_image}) == 1 else per_image
+
+
+def vllm_flat(per_image: list[torch.Tensor]) -> torch.Tensor:
+    """vLLM 0.26's MultiModalFlatField._reduce_data (dim 0): a concat if the other dims agree, else every tensor
+    zero-padded to the largest size of each dim and concatenated (its "variable-length case")."""
+    if len({t.shape[1:] for t in per_image}) == 1:
+        return torch.cat(per_image)
+    sizes = [max(t.shape[d] for t in per_image) for d in range(1, per_image[0].ndim)]
+    out = torch.zeros(sum(t.shape[0] for t in per_image), *sizes, dtype=per_image[0].dtype)
+    at = 0
+    for t in per_image:
+        out[(slice(at, at + t.shape[0]), *(slice(0, n) for n in t.shape[1:]))] = t
+        at += t.shape[0]
+    return out
+
+
 @torch.no_grad()
-def test_modes_mixed_in_one_step_as_vllm_hands_them_per_image_lists():
+def test_modes_mixed_in_one_step_as_vllm_batches_them():
     enc = Encoders()
     asked = [("gundam", 1240, 1754), ("tiny", 1240, 1754), ("large", 900, 1300), ("gundam_m", 1754, 1240),
              ("base", 1240, 1754), ("gundam", 1754, 1240), ("small", 300, 400)]  # fmt: skip
     pages = [page(m, w, h, i) for i, (m, w, h) in enumerate(asked)]
-    # Different sizes in one step: vLLM's batched and flat fields fall back to one tensor per image.
-    out = encode(enc, split_items([p[0] for p in pages], [p[1] for p in pages], torch.tensor([p[2] for p in pages])))
+    views, crops = vllm_batched([p[0] for p in pages]), vllm_flat([p[1] for p in pages])
+    grids, sizes = torch.tensor([p[2] for p in pages]), torch.tensor([MODES[m].image_size for m, _, _ in asked])
+    # Every tile sits in a canvas as wide as the widest tile tensor of the step (Large's empty one: 1280 px).
+    assert isinstance(views, list) and crops.shape[-1] == 1280
+    assert vllm_encoder.mixed(views, crops, grids, sizes)
+    out = encode(enc, split_items(views, crops, grids, sizes))
     for (mode, w, h), (view, tiles, grid), emb in zip(asked, pages, out, strict=True):
         assert emb.shape[0] == plan_tiles(w, h, MODES[mode]).image_tokens, mode
         torch.testing.assert_close(emb, reference(enc, view, tiles, grid))
+
+
+def test_same_sized_global_views_with_padded_tiles_are_mixed_too():
+    """Gundam and Base both have 1024-px global views (stacked), but Base's empty tile tensor is 1024 px wide."""
+    gundam, base = page("gundam", 1240, 1754, 0), page("base", 1240, 1754, 1)
+    views, crops = vllm_batched([gundam[0], base[0]]), vllm_flat([gundam[1], base[1]])
+    grids, sizes = torch.tensor([gundam[2], base[2]]), torch.tensor([640, 1024])
+    assert isinstance(views, torch.Tensor) and crops.shape[-1] == 1024
+    assert vllm_encoder.mixed(views, crops, grids, sizes)
+    items = split_items(views, crops, grids, sizes)
+    assert torch.equal(items[0].tiles, gundam[1]) and items[1].tiles.numel() == 0
+
+
+def test_a_step_of_one_mode_is_not_mixed():
+    pages = [page("gundam", 1240, 1754, i) for i in range(3)] + [page("gundam", 600, 500, 9)]  # one untiled
+    views, crops = vllm_batched([p[0] for p in pages]), vllm_flat([p[1] for p in pages])
+    grids = torch.tensor([p[2] for p in pages])
+    assert not vllm_encoder.mixed(views, crops, grids, torch.tensor([640] * 4))
+    assert not vllm_encoder.mixed(views, crops, grids, None)  # a processor without the field: as vLLM sends it
 
 
 @torch.no_grad()

@@ -88,9 +88,20 @@ def test_base_size_image_size_crop_mode_set_the_default_mode():
     assert VLLMEngine(Settings(_env_file=None, default_mode="large")).default_mode() == "large"
 
 
-def test_batched_encoder_is_opt_in_and_reaches_vllms_processes_by_environment():
-    assert model_env(Settings(_env_file=None)) == {"BATCHED_ENCODER": "0"}
-    assert model_env(Settings(_env_file=None, batched_encoder=True)) == {"BATCHED_ENCODER": "1"}
+def test_model_switches_reach_vllms_processes_by_environment():
+    assert model_env(Settings(_env_file=None, batched_encoder=False, uint8_pixels=False)) == {
+        "BATCHED_ENCODER": "0", "UINT8_PIXELS": "0"
+    }  # fmt: skip
+    assert model_env(Settings(_env_file=None, batched_encoder=True, uint8_pixels=True)) == {
+        "BATCHED_ENCODER": "1", "UINT8_PIXELS": "1"
+    }  # fmt: skip
+    assert Settings(_env_file=None).batched_encoder is False  # measured slower: opt-in
+
+
+def test_encoder_cuda_graphs_are_a_compilation_option():
+    on = engine_args(Settings(_env_file=None, encoder_cudagraph=True), "p")["compilation_config"]
+    off = engine_args(Settings(_env_file=None, encoder_cudagraph=False), "p")["compilation_config"]
+    assert on == {"cudagraph_mm_encoder": True} and off == {"cudagraph_mm_encoder": False}
 
 
 def test_tuned_moe_configs_are_used_only_when_present(tmp_path):

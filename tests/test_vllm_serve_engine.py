@@ -60,6 +60,7 @@ def test_serve_argv_is_the_in_process_engine_with_n_api_servers():
         "--tensor-parallel-size", "1", "--data-parallel-size", "1",
         "--no-enable-prefix-caching", "--mm-processor-cache-gb", "0.0", "--kv-cache-dtype", "auto",
         "--logits-processors", "engines.vllm_ngram:BatchedNGramLogitsProcessor",
+        "--compilation-config", '{"cudagraph_mm_encoder": false}',
         "--chat-template", "/data/vllm_serve/chat_template.jinja", "--chat-template-content-format", "string",
         "--disable-uvicorn-access-log",
     ]  # fmt: skip
@@ -81,6 +82,8 @@ def test_serve_argv_follows_the_settings():
     assert flag(argv, "--max-num-seqs") == "256" and flag(argv, "--gpu-memory-utilization") == "0.9"
     assert flag(argv, "--load-format") == "dummy" and flag(argv, "--mm-processor-cache-gb") == "2.0"
     assert "--renderer-num-workers" not in argv
+    graphs = serve_argv(Settings(_env_file=None, encoder_cudagraph=True), 1, "t")
+    assert json.loads(flag(graphs, "--compilation-config")) == {"cudagraph_mm_encoder": True}  # JSON, as vLLM reads it
     assert "--enforce-eager" not in serve_argv(Settings(_env_file=None), 1, "t")
 
 
