@@ -28,7 +28,11 @@ from typing import Protocol
 
 import torch
 
-CHUNK_PIXELS = 16 * 1024 * 1024  # views per SAM + CLIP pass: at most 16 views of 1024x1024 (bounded activations)
+# Views per SAM + CLIP pass. SAM's global-attention blocks materialise a [views, heads, T, T] bias (T = patches of
+# a view), so memory grows with views x T^2. vLLM sizes the KV cache after profiling its own per-image loop,
+# whose largest call is one 1024-px global view (or one image's tiles), and leaves little more free: a pass
+# here stays within that (one 1024-px view, six 640-px tiles, sixteen 512-px views; a 1280-px view alone).
+ATTENTION_BUDGET = (1024 // 16) ** 4
 
 
 class Encoders(Protocol):
@@ -116,14 +120,19 @@ def _empty_tiles(counts: list[int]) -> list[torch.Tensor]:
 
 def _features(enc: Encoders, views: torch.Tensor) -> torch.Tensor:
     """SAM + CLIP + projector over a batch of same-size views -> [B, q*q, dim] (chunked)."""
-    per_view = views[0].numel() // 3
-    step = max(1, CHUNK_PIXELS // max(1, per_view))
+    step = _chunk(views.shape[-1])
     out = []
     for chunk in views.split(step):
         sam = enc.sam_model(chunk)
         clip = enc.vision_model(chunk, sam)
         out.append(enc.projector(torch.cat((clip[:, 1:], sam.flatten(2).permute(0, 2, 1)), dim=-1)))
     return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _chunk(side: int) -> int:
+    """Views of `side` px per encoder pass (square views; 16-px patches)."""
+    patches = (side // 16) ** 2
+    return max(1, ATTENTION_BUDGET // max(1, patches * patches))
 
 
 def _with_newlines(enc: Encoders, grid: torch.Tensor) -> torch.Tensor:

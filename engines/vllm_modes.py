@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import torch
 from vllm.model_executor.models.deepseek_ocr import (
@@ -33,7 +34,13 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
-from vllm.transformers_utils.processors.deepseek_ocr import CROP_MODE, MIN_CROPS, count_tiles
+from vllm.transformers_utils.processors.deepseek_ocr import (
+    BASE_SIZE,
+    CROP_MODE,
+    IMAGE_SIZE,
+    MIN_CROPS,
+    count_tiles,
+)
 
 from engines import vllm_encoder, vllm_pixels
 
@@ -125,11 +132,22 @@ class ModeAwareOCR2Processor(_ModeAwareUpdates, DeepseekOCR2MultiModalProcessor)
     pass
 
 
+EAGER_TOKENS = 1 << 40
+
+
+def _graph_sized(mm_kwargs: Mapping[str, object]) -> bool:
+    """Whether a step's views all have the sizes vLLM captured its encoder graphs for."""
+    views, tiles = mm_kwargs.get("pixel_values"), mm_kwargs.get("images_crop")
+    if not isinstance(views, torch.Tensor) or not isinstance(tiles, torch.Tensor):
+        return False
+    return views.shape[-1] == BASE_SIZE and (tiles.numel() == 0 or tiles.shape[-1] == IMAGE_SIZE)
+
+
 @MULTIMODAL_REGISTRY.register_processor(ModeAwareOCRProcessor, info=OCRInfo, dummy_inputs=DeepseekOCRDummyInputsBuilder)
 class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
     """vLLM's DeepSeek-OCR with every resolution mode; with BATCHED_ENCODER=1 the vision encoder runs over the
     whole step at once (engines/vllm_encoder.py; opt-in: 0.95x vLLM's per-image loop on an H100, see
-    bench/RESULTS.md). vLLM's encoder CUDA graph (off by default) stays Gundam-only."""
+    bench/RESULTS.md). With ENCODER_CUDAGRAPH, vLLM's encoder CUDA graphs run Gundam-sized steps."""
 
     def embed_multimodal(self, **kwargs: object):
         kwargs = vllm_pixels.normalise_inputs(kwargs, self.view_seperator.dtype)
@@ -144,9 +162,29 @@ class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
         items = vllm_encoder.split_items(pixel_values, crops, grids, tile_sizes)  # type: ignore[arg-type]
         return vllm_encoder.encode(self, items) if items else None
 
+    # vLLM's encoder CUDA graphs (ENCODER_CUDAGRAPH) are captured for Gundam's views (1024-px global, 640-px
+    # tiles); untiled 1024-px views (Base) fit them too. A step with other sizes is run eagerly, image by image:
+    # item sizes larger than any graph budget make vLLM's manager send each image alone to the eager forward.
+
+    def get_encoder_cudagraph_item_specs(self, mm_kwargs):
+        specs = super().get_encoder_cudagraph_item_specs(mm_kwargs)
+        if _graph_sized(mm_kwargs):
+            return specs
+        big = EAGER_TOKENS
+        return [replace(s, input_size=big, output_tokens=big, global_output_tokens=big, local_output_tokens=big)
+                for s in specs]  # fmt: skip
+
     def select_encoder_cudagraph_items(self, mm_kwargs, indices):
-        """vLLM's encoder CUDA graph (cudagraph_mm_encoder) takes each batch of views from here."""
-        selected = super().select_encoder_cudagraph_items(mm_kwargs, indices)
+        if _graph_sized(mm_kwargs):
+            selected = super().select_encoder_cudagraph_items(mm_kwargs, indices)
+        else:  # one image (see above), from lists or padded tiles
+            (i,) = indices
+            grids = mm_kwargs["images_spatial_crop"]
+            item = vllm_encoder.split_items(
+                mm_kwargs["pixel_values"], mm_kwargs["images_crop"], grids, mm_kwargs.get("tile_size")
+            )[i]
+            grid = grids[i : i + 1] if isinstance(grids, torch.Tensor) else torch.as_tensor(grids[i]).reshape(1, 2)
+            selected = {"pixel_values": item.view[None], "images_crop": item.tiles, "images_spatial_crop": grid}
         return vllm_pixels.normalise_inputs(selected, self.view_seperator.dtype)
 
 

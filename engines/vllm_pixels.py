@@ -4,13 +4,14 @@ vLLM 0.26's DeepSeek-OCR processor turns every view (global view and tiles) into
 (torchvision ToTensor + Normalize(0.5, 0.5)), vLLM casts it to the model dtype, serialises it to the engine
 core and copies it to the GPU. With UINT8_PIXELS the processor keeps each view as its uint8 RGB bytes (half
 the bytes of bf16, a quarter of float32, and no float work on the API process's CPU: bench/processor_cost.py)
-and the model classes of engines/vllm_modes.py apply the same float operations on the GPU, in the same order,
-so the encoder sees bit-identical inputs. Tensors that are already floats pass through: the model side needs
-no switch. Importing this module needs torch only (tested in CI without vLLM).
+and the model classes of engines/vllm_modes.py map the bytes to the processor's values on the GPU (a table
+made with the processor's own float operations), so the encoder sees bit-identical inputs. Tensors that are
+already floats pass through: the model side needs no switch. Needs torch only (tested in CI without vLLM).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 
@@ -29,7 +30,7 @@ def enabled() -> bool:
 
 def to_uint8(image: Image.Image) -> torch.Tensor:
     """One view as [3, H, W] uint8: the processor's ImageTransform, without the float steps."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)
+    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)  # a writable copy
 
 
 class Uint8Transform:
@@ -62,13 +63,21 @@ def uint8_empties(outputs: dict) -> None:
 
 
 def normalise(x: object, dtype: torch.dtype) -> object:
-    """torchvision's ToTensor + Normalize(0.5, 0.5) on uint8 views (float32 ops, then the model dtype);
-    float tensors and lists of them (views of different sizes) pass through or are mapped."""
+    """torchvision's ToTensor + Normalize(0.5, 0.5), then the model dtype, on uint8 views: a lookup in a
+    256-entry table computed on the CPU with those very operations (CUDA divides by a scalar through its
+    reciprocal, which gives other bits). Float tensors pass through; lists (views of different sizes) are mapped."""
     if isinstance(x, (list, tuple)):
         return type(x)(normalise(t, dtype) for t in x)
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
         return x
-    return x.float().div(255).sub(MEAN).div(STD).to(dtype)
+    table = _table(dtype, x.device)
+    return torch.index_select(table, 0, x.reshape(-1).int()).view(x.shape)
+
+
+@functools.cache
+def _table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    values = torch.arange(256, dtype=torch.float32).div(255).sub(MEAN).div(STD)  # on the CPU, as the processor
+    return values.to(dtype).to(device)
 
 
 def normalise_inputs(kwargs: Mapping[str, object], dtype: torch.dtype) -> dict[str, object]:

@@ -164,7 +164,8 @@ def test_large_steps_are_chunked_without_changing_the_result(monkeypatch):
     items = split_items(torch.stack([p[0] for p in pages]), torch.cat([p[1] for p in pages]),
                         torch.tensor([p[2] for p in pages]))  # fmt: skip
     whole = encode(enc, items)
-    monkeypatch.setattr(mod, "CHUNK_PIXELS", 2 * 1024 * 1024)  # two views (or three tiles) per pass
+    assert [mod._chunk(s) for s in (1024, 640, 512, 1280)] == [1, 6, 16, 1]  # vLLM's own largest call, at most
+    monkeypatch.setattr(mod, "ATTENTION_BUDGET", 2 * 4096**2)  # two 1024-px views (or 13 tiles) per pass
     for a, b in zip(whole, encode(enc, items), strict=True):
         torch.testing.assert_close(a, b)
 
