@@ -133,6 +133,7 @@ class ModeAwareOCR2Processor(_ModeAwareUpdates, DeepseekOCR2MultiModalProcessor)
 
 
 EAGER_TOKENS = 1 << 40
+EAGER_IMAGE = "eager_image"  # marks a one-image batch of a step that the encoder graphs cannot take
 
 
 def _graph_sized(mm_kwargs: Mapping[str, object]) -> bool:
@@ -163,15 +164,18 @@ class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
         return vllm_encoder.encode(self, items) if items else None
 
     # vLLM's encoder CUDA graphs (ENCODER_CUDAGRAPH) are captured for Gundam's views (1024-px global, 640-px
-    # tiles); untiled 1024-px views (Base) fit them too. A step with other sizes is run eagerly, image by image:
-    # item sizes larger than any graph budget make vLLM's manager send each image alone to the eager forward.
+    # tiles); untiled 1024-px views (Base) fit them too. A step with other sizes runs eagerly, image by image,
+    # through the manager's "global path eager" branch: each image's global size is larger than any graph
+    # budget (so it is alone in its batch) and its local size 0; the eager forward then returns the image's
+    # whole embedding and postprocess hands it over as is. (The manager's all-eager branch cannot be used: it
+    # indexes its per-batch token list by the image's index in the step.)
 
     def get_encoder_cudagraph_item_specs(self, mm_kwargs):
         specs = super().get_encoder_cudagraph_item_specs(mm_kwargs)
         if _graph_sized(mm_kwargs):
             return specs
         big = EAGER_TOKENS
-        return [replace(s, input_size=big, output_tokens=big, global_output_tokens=big, local_output_tokens=big)
+        return [replace(s, input_size=big, output_tokens=big, global_output_tokens=big, local_output_tokens=0)
                 for s in specs]  # fmt: skip
 
     def select_encoder_cudagraph_items(self, mm_kwargs, indices):
@@ -184,8 +188,24 @@ class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
                 mm_kwargs["pixel_values"], mm_kwargs["images_crop"], grids, mm_kwargs.get("tile_size")
             )[i]
             grid = grids[i : i + 1] if isinstance(grids, torch.Tensor) else torch.as_tensor(grids[i]).reshape(1, 2)
-            selected = {"pixel_values": item.view[None], "images_crop": item.tiles, "images_spatial_crop": grid}
+            selected = {"pixel_values": item.view[None], "images_crop": item.tiles, "images_spatial_crop": grid,
+                        EAGER_IMAGE: i}  # fmt: skip
         return vllm_pixels.normalise_inputs(selected, self.view_seperator.dtype)
+
+    def encoder_eager_forward(self, mm_kwargs, path: str = "default"):
+        if EAGER_IMAGE in mm_kwargs:  # the image's whole embedding, whichever path the manager asks for
+            return super().encoder_eager_forward({k: v for k, v in mm_kwargs.items() if k != EAGER_IMAGE})
+        return super().encoder_eager_forward(mm_kwargs, path)
+
+    def postprocess_encoder_output(self, output, indices, per_item_out_tokens, dest, clone=False,
+                                   batch_mm_kwargs=None, local_output=None):  # fmt: skip
+        if batch_mm_kwargs is not None and EAGER_IMAGE in batch_mm_kwargs:
+            dest[batch_mm_kwargs[EAGER_IMAGE]] = output.clone() if clone else output
+            return
+        super().postprocess_encoder_output(
+            output, indices, per_item_out_tokens, dest, clone=clone, batch_mm_kwargs=batch_mm_kwargs,
+            local_output=local_output,
+        )  # fmt: skip
 
 
 @MULTIMODAL_REGISTRY.register_processor(
