@@ -40,7 +40,7 @@ from pyspy_summary import report
 from service import start_service, stop_service
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown. "
-MIXED_TIMEOUT_S = 240  # a mixed-mode request still unanswered by then counts as hung (ReadTimeout)
+MIXED_TIMEOUT_S = 150  # a mixed-mode request still unanswered by then counts as hung (ReadTimeout)
 
 
 def synthetic_page(p: int, w: int = 1240, h: int = 1754) -> bytes:

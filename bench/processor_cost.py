@@ -4,8 +4,8 @@
 (resize + crop), the padded global view, ToTensor + Normalize(0.5, 0.5) per view, a stack, then the API
 process serialises them to the engine core. This replays those steps with PIL and torch (no vLLM needed) on
 an A4 page and prints milliseconds per step and the bytes per page, next to the alternative of shipping the
-views as uint8 and normalising on the GPU (x / 127.5 - 1, the same values). Ratios, not absolute times, carry
-over to other machines.
+views as uint8 and normalising on the GPU (engines/vllm_pixels.py: UINT8_PIXELS, the same values). Ratios,
+not absolute times, carry over to other machines.
 
     python bench/processor_cost.py --pages 10
 """

@@ -22,7 +22,7 @@ Pure torch: importable and tested without vLLM (tests/test_vllm_encoder.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -100,6 +100,15 @@ def mixed(
         return False
     tiled = [_tile_count(tuple(g)) > 0 for g in _rows(images_spatial_crop)]  # type: ignore[arg-type]
     return any(t and s != images_crop.shape[-1] for t, s in zip(tiled, _ints(tile_sizes), strict=True))
+
+
+def sized(mm_kwargs: Mapping[str, object], view: int, tile: int) -> bool:
+    """Whether every view of a step is `view` px and every tile `tile` px (the sizes vLLM captures its encoder
+    CUDA graphs for: Gundam's 1024 / 640; untiled 1024-px views fit too)."""
+    views, tiles = mm_kwargs.get("pixel_values"), mm_kwargs.get("images_crop")
+    if not isinstance(views, torch.Tensor) or not isinstance(tiles, torch.Tensor):
+        return False
+    return views.shape[-1] == view and (tiles.numel() == 0 or tiles.shape[-1] == tile)
 
 
 def _ints(values: torch.Tensor | Sequence[int]) -> list[int]:

@@ -137,11 +137,7 @@ EAGER_IMAGE = "eager_image"  # marks a one-image batch of a step that the encode
 
 
 def _graph_sized(mm_kwargs: Mapping[str, object]) -> bool:
-    """Whether a step's views all have the sizes vLLM captured its encoder graphs for."""
-    views, tiles = mm_kwargs.get("pixel_values"), mm_kwargs.get("images_crop")
-    if not isinstance(views, torch.Tensor) or not isinstance(tiles, torch.Tensor):
-        return False
-    return views.shape[-1] == BASE_SIZE and (tiles.numel() == 0 or tiles.shape[-1] == IMAGE_SIZE)
+    return vllm_encoder.sized(mm_kwargs, BASE_SIZE, IMAGE_SIZE)
 
 
 @MULTIMODAL_REGISTRY.register_processor(ModeAwareOCRProcessor, info=OCRInfo, dummy_inputs=DeepseekOCRDummyInputsBuilder)

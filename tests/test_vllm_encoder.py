@@ -177,3 +177,30 @@ def test_split_items_refuses_tiles_that_do_not_match_the_grids():
     items = split_items(views, torch.zeros(6, 3, 64, 64), torch.tensor([[2, 3], [1, 1]]))
     assert [it.tiles.shape[0] for it in items] == [6, 0] and [it.tiled for it in items] == [True, False]
     assert isinstance(items[0], Item) and math.prod(items[0].grid) == 6
+
+
+def test_only_gundam_sized_steps_go_to_vllms_encoder_graphs():
+    """ENCODER_CUDAGRAPH: graphs are captured for 1024-px views and 640-px tiles; any other step runs eagerly."""
+
+    def step(*asked: tuple[str, int, int]) -> dict:
+        pages = [page(m, w, h, i) for i, (m, w, h) in enumerate(asked)]
+        return {"pixel_values": vllm_batched([p[0] for p in pages]), "images_crop": vllm_flat([p[1] for p in pages])}
+
+    assert vllm_encoder.sized(step(("gundam", 1240, 1754), ("gundam", 600, 500)), 1024, 640)
+    assert vllm_encoder.sized(step(("base", 1240, 1754), ("base", 900, 900)), 1024, 640)  # untiled 1024 views
+    assert not vllm_encoder.sized(step(("gundam", 1240, 1754), ("base", 1240, 1754)), 1024, 640)  # padded tiles
+    assert not vllm_encoder.sized(step(("gundam", 1240, 1754), ("tiny", 1240, 1754)), 1024, 640)  # a list
+    assert not vllm_encoder.sized(
+        step(
+            ("large", 1240, 1754),
+        ),
+        1024,
+        640,
+    )
+    assert not vllm_encoder.sized(
+        step(
+            ("gundam_m", 1240, 1754),
+        ),
+        1024,
+        640,
+    )

@@ -96,6 +96,7 @@ def test_model_switches_reach_vllms_processes_by_environment():
         "BATCHED_ENCODER": "1", "UINT8_PIXELS": "1"
     }  # fmt: skip
     assert Settings(_env_file=None).batched_encoder is False  # measured slower: opt-in
+    assert Settings(_env_file=None).uint8_pixels is True  # bit-identical inputs, measured faster: on by default
 
 
 def test_encoder_cuda_graphs_are_a_compilation_option():
