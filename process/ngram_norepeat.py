@@ -42,14 +42,14 @@ def reference_bans(output_ids: Sequence[int], n: int, window: int, whitelist: se
 def violations(output_ids: Sequence[int], n: int, window: int, whitelist: set[int] = frozenset()) -> int:
     """How many tokens of a finished output the rule would have banned when they were produced (0 when the
     guard worked): token i breaks the rule if the n-gram ending at i already started inside the window."""
-    starts: dict[tuple[int, ...], list[int]] = {}
+    last: dict[tuple[int, ...], int] = {}  # each n-gram's latest start (always before the current one)
     bad = 0
     for i in range(n - 1, len(output_ids)):
         gram = tuple(output_ids[i - n + 1 : i + 1])
         first = max(0, i - window)  # the window when token i was chosen: the i tokens before it
-        if output_ids[i] not in whitelist and any(first <= j < i - n + 1 for j in starts.get(gram, ())):
+        if output_ids[i] not in whitelist and last.get(gram, -1) >= first:
             bad += 1
-        starts.setdefault(gram, []).append(i - n + 1)
+        last[gram] = i - n + 1
     return bad
 
 
