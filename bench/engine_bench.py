@@ -56,6 +56,11 @@ def main() -> None:
     ap.add_argument("--encoder-cudagraph", action="store_true", help="vLLM's CUDA graphs for the vision encoder")
     ap.add_argument("--max-num-batched-tokens", type=int, default=16384)
     ap.add_argument("--tag", default="", help="names this run's token files in $OUT")
+    ap.add_argument(
+        "--torch-profile", type=int, default=0, metavar="STEPS",
+        help="vLLM's torch profiler over STEPS engine steps from step 400 of the pass after a fill (decode, mid-pass): "
+        "$OUT/torch/profiler_out_0.txt has the CUDA and CPU time per op",
+    )  # fmt: skip
     ap.add_argument("--passes", default="cold,cached")
     ap.add_argument("--profile-s", type=float, default=0, help="py-spy the EngineCore during the pass after a fill")
     args = ap.parse_args()
@@ -73,13 +78,22 @@ def main() -> None:
     else:
         from engines.vllm_ngram import BatchedNGramLogitsProcessor as proc
     procs = [] if args.guard == "none" else [proc]
+    extra = {}
+    if args.torch_profile:
+        from vllm.config.profiler import ProfilerConfig
+
+        folder = Path(os.environ.get("OUT", "/tmp")).resolve() / "torch"
+        extra["profiler_config"] = ProfilerConfig(
+            profiler="torch", torch_profiler_dir=str(folder), ignore_frontend=True, delay_iterations=400,
+            max_iterations=args.torch_profile, torch_profiler_with_stack=False,
+        )  # fmt: skip
     t0 = time.time()
     llm = LLM(
         model=args.model, load_format="dummy", enable_prefix_caching=False, mm_processor_cache_gb=args.mm_cache_gb,
         max_model_len=8192, max_num_seqs=args.max_num_seqs, gpu_memory_utilization=0.9,
         kv_cache_dtype=args.kv_cache_dtype, logits_processors=procs,
         max_num_batched_tokens=args.max_num_batched_tokens,
-        compilation_config={"cudagraph_mm_encoder": args.encoder_cudagraph},
+        compilation_config={"cudagraph_mm_encoder": args.encoder_cudagraph}, **extra,
     )  # fmt: skip
     print(f"engine up in {time.time() - t0:.1f} s (guard {args.guard})", flush=True)
     tag = args.tag or f"{args.guard}-u{os.environ.get('UINT8_PIXELS', '0')}"
@@ -108,10 +122,15 @@ def main() -> None:
         if args.profile_s and i and passes[i - 1] == "fill" and (pids := engine_core_pids(os.getpid())):
             prof = Path(os.environ.get("OUT", "/tmp")) / f"pyspy_enginecore_{kind}.txt"
             spy = start_profile(pids[0], args.profile_s, 5, prof)
+        torch_prof = bool(args.torch_profile) and i > 0 and passes[i - 1] == "fill"
+        if torch_prof:
+            llm.start_profile()
         t1 = time.time()
         with GpuBusy() as busy:
             outs = llm.generate(inputs, params(guarded))
         dt = time.time() - t1
+        if torch_prof:
+            llm.stop_profile()
         if spy is not None:
             spy.wait(timeout=args.profile_s + 30)
             print(report(prof, 100, args.profile_s), flush=True)

@@ -12,7 +12,8 @@
 # Environment: PAGES, PASSES, PHASES, EXTRA (gpu_bench flags), PROFILE_S (py-spy: the API process during the burst,
 # the EngineCore during the engine's cached pass), MOE=/tmp/moe_tuned (tuned MoE configs for every run:
 # VLLM_TUNED_CONFIG_FOLDER; unset = the table shipped in engines/moe_configs; MOE=none = vLLM's default config),
-# ENGINE_ARGS (engine_bench flags for every engine run, e.g. --encoder-cudagraph).
+# ENGINE_ARGS (engine_bench flags for every engine run, e.g. --encoder-cudagraph; --torch-profile 20: vLLM's torch
+# profiler over 20 decode steps of the pass after the fill, per-op CUDA/CPU times in $OUT/torch/profiler_out_0.txt).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
 export PATH=/tmp/spy/bin:/tmp/site/bin:$PATH
