@@ -98,8 +98,11 @@ def mixed(
         return True
     if tile_sizes is None or images_crop.numel() == 0:
         return False
+    sizes, width = _ints(tile_sizes), images_crop.shape[-1]
+    if all(s == width for s in sizes):  # the usual step: no need to read the grids from the device
+        return False
     tiled = [_tile_count(tuple(g)) > 0 for g in _rows(images_spatial_crop)]  # type: ignore[arg-type]
-    return any(t and s != images_crop.shape[-1] for t, s in zip(tiled, _ints(tile_sizes), strict=True))
+    return any(t and s != width for t, s in zip(tiled, sizes, strict=True))
 
 
 def sized(mm_kwargs: Mapping[str, object], view: int, tile: int) -> bool:

@@ -101,7 +101,8 @@ class _ModeAwareUpdates:
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
         fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))  # type: ignore[misc]
-        return {**fields, "tile_size": MultiModalFieldConfig.batched("image")}
+        # Read on the host each step (vllm_encoder.mixed): kept on the CPU, so reading it costs no device sync.
+        return {**fields, "tile_size": MultiModalFieldConfig.batched("image", keep_on_cpu=True)}
 
 
 class _Uint8Views:
