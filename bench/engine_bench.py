@@ -78,11 +78,12 @@ def main() -> None:
     else:
         from engines.vllm_ngram import BatchedNGramLogitsProcessor as proc
     procs = [] if args.guard == "none" else [proc]
+    out_dir = Path(os.environ.get("OUT", "/tmp"))
     extra = {}
     if args.torch_profile:
         from vllm.config.profiler import ProfilerConfig
 
-        folder = Path(os.environ.get("OUT", "/tmp")).resolve() / "torch"
+        folder = out_dir.resolve() / "torch"
         extra["profiler_config"] = ProfilerConfig(
             profiler="torch", torch_profiler_dir=str(folder), ignore_frontend=True, delay_iterations=400,
             max_iterations=args.torch_profile, torch_profiler_with_stack=False,
@@ -119,10 +120,11 @@ def main() -> None:
             print("RESULT", json.dumps(fill), flush=True)
             continue
         spy = None
-        if args.profile_s and i and passes[i - 1] == "fill" and (pids := engine_core_pids(os.getpid())):
-            prof = Path(os.environ.get("OUT", "/tmp")) / f"pyspy_enginecore_{kind}.txt"
+        after_fill = i > 0 and passes[i - 1] == "fill"
+        if args.profile_s and after_fill and (pids := engine_core_pids(os.getpid())):
+            prof = out_dir / f"pyspy_enginecore_{kind}.txt"
             spy = start_profile(pids[0], args.profile_s, 5, prof)
-        torch_prof = bool(args.torch_profile) and i > 0 and passes[i - 1] == "fill"
+        torch_prof = bool(args.torch_profile) and after_fill
         if torch_prof:
             llm.start_profile()
         t1 = time.time()
@@ -134,13 +136,13 @@ def main() -> None:
         if spy is not None:
             spy.wait(timeout=args.profile_s + 30)
             print(report(prof, 100, args.profile_s), flush=True)
-        out_tok = sum(len(o.outputs[0].token_ids) for o in outs)
         # Every page's output tokens, to compare two runs (e.g. UINT8_PIXELS=1 vs 0: the same tokens expected)
         tokens = [list(o.outputs[0].token_ids) for o in outs]
-        (Path(os.environ.get("OUT", "/tmp")) / f"tokens_{tag}_{kind}.json").write_text(json.dumps(tokens))
+        (out_dir / f"tokens_{tag}_{kind}.json").write_text(json.dumps(tokens))
+        out_tok = sum(map(len, tokens))
         # Tokens the guard's rule forbids, in the finished outputs: 0 with a working guard; random weights
         # under greedy decoding loop, so the pass without the guard shows how many there would be.
-        broken = sum(violations(list(o.outputs[0].token_ids), *rule) for o in outs)
+        broken = sum(violations(t, *rule) for t in tokens)
         print("RESULT", json.dumps({
             "kind": f"engine-{kind}-guard-{args.guard if guarded else 'none'}", "pass_no": i, "pages": args.pages,
             "seconds": round(dt, 2),
