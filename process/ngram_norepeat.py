@@ -5,15 +5,17 @@ request has at least `n` output tokens, ban every token t such that (last n-1 to
 as an n-gram starting inside the last `window` tokens; whitelisted tokens (<td>, </td>) are never banned.
 
 vLLM's NGramPerReqLogitsProcessor runs that loop in Python for every request at every step. Here each
-request's last tokens live in one [max_batch, width] array, shifted by the new token each step, and all
-requests are matched at once (a sliding-window view + compare). The arrays stay on the CPU on purpose:
-vLLM schedules asynchronously (the CPU prepares step k+1 while the GPU runs step k), and any device ->
+request's last tokens live in one [max_batch, width] array, shifted by the new token each step, next to
+how long a suffix each position shares with the newest token (extended by one compare per position per
+step), so all requests are matched at once in O(width) per row, however repetitive the output (comparing
+every candidate n-gram whole, as before, cost ~3 ms a step for 256 looping rows). The arrays stay on the
+CPU on purpose: vLLM schedules asynchronously (the CPU prepares step k+1 while the GPU runs step k), and any device ->
 host read in a logits processor (`nonzero`, `.item()`, a pageable copy) would stall that pipeline every
 step. Only the few banned (row, token) pairs go to the device, with a non-blocking copy.
 
 Tokens are read in `apply`, not in `update_state`: under async scheduling the newest output token is
 still a -1 placeholder when vLLM calls `update_state`, and vLLM fills it in just before sampling.
-The pure pieces (`reference_bans`, `ngram_bans`, `TokenWindows`) are unit-tested on the CPU.
+The pure pieces (`reference_bans`, `suffix_matches`, `suffix_bans`, `TokenWindows`) are unit-tested on the CPU.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 
 PAD = -1  # an empty slot in a window; also vLLM's placeholder for a token not yet sampled
 Params = tuple[int, int, tuple[int, ...]]  # (n, window, whitelist)
@@ -53,32 +54,48 @@ def violations(output_ids: Sequence[int], n: int, window: int, whitelist: set[in
     return bad
 
 
-def ngram_bans(
-    windows: np.ndarray, lengths: np.ndarray, n: int, whitelist: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, tokens) to ban for a batch.
+def suffix_matches(tail: Sequence[int], cap: int) -> np.ndarray:
+    """For each position p of `tail`: how many tokens tail[..p] and tail[..end] share at their ends (capped;
+    0 for the last position). The Z-function of the reversed tail: O(len) once, when a row is (re)built."""
+    r = list(reversed(tail))
+    m = len(r)
+    z = [0] * m
+    left = right = 0
+    for k in range(1, m):
+        if k < right:
+            z[k] = min(right - k, z[k - left])
+        while k + z[k] < m and r[z[k]] == r[k + z[k]]:
+            z[k] += 1
+        if k + z[k] > right:
+            left, right = k, k + z[k]
+    return np.minimum(np.array(z[::-1], dtype=np.int32), cap)  # position p <- z[m - 1 - p]
 
-    windows: [B, W] the last W output tokens of each row, right-aligned, PAD on the left.
-    lengths: [B] how many output tokens each row has produced in all.
+
+def next_matches(tokens: np.ndarray, matches: np.ndarray, new: np.ndarray, cap: int) -> np.ndarray:
+    """Matches after every row's window shifted in one new token (`tokens` already shifted): the token at
+    column c extends the match of the token before it (old column c) when it equals the new token."""
+    out = np.zeros_like(matches)
+    out[:, :-1] = np.where(tokens[:, :-1] == new[:, None], np.minimum(matches[:, :-1] + 1, cap), 0)
+    return out
+
+
+def suffix_bans(
+    tokens: np.ndarray, matches: np.ndarray, lengths: np.ndarray, n: np.ndarray, window: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, tokens) to ban, from each row's window and matches; O(rows x width), no per-n-gram compare.
+
+    tokens: [B, W] the last W output tokens, right-aligned (PAD on the left); matches: [B, W] how many tokens
+    end the window both at column c and at the newest column; lengths, n, window: [B] per row.
+    The token at column d is banned when the (n-1) tokens before it equal the newest (n-1) tokens
+    (matches[d-1] >= n-1) and its n-gram starts inside the row's window (d >= lo).
     """
-    b, w = windows.shape
-    if w < n or b == 0:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty
-    grams = sliding_window_view(windows, n, axis=1)  # [B, W-n+1, n]: every n-gram inside the window (a view)
-    # Candidates first: n-grams whose (n-1)th token is the row's newest token; only those are compared whole.
-    ok = (grams[:, :, n - 1] != PAD) & (lengths >= n)[:, None]
-    if n > 1:
-        ok &= grams[:, :, n - 2] == windows[:, -1:]
+    w = tokens.shape[1]
+    before = np.zeros_like(matches)
+    before[:, 1:] = matches[:, :-1]  # column 0: nothing before it (only n = 1 bans there)
+    lo = np.maximum(w - lengths, w - window) + n - 1
+    ok = (before >= (n - 1)[:, None]) & (np.arange(w) >= lo[:, None]) & (lengths >= n)[:, None]
     rows, cols = np.nonzero(ok)
-    if n > 2 and rows.size:
-        whole = (grams[rows, cols, : n - 1] == windows[rows, w - (n - 1) :]).all(axis=-1)
-        rows, cols = rows[whole], cols[whole]
-    tokens = grams[rows, cols, n - 1].astype(np.int64)
-    if whitelist.size and tokens.size:
-        keep = ~np.isin(tokens, whitelist)
-        rows, tokens = rows[keep], tokens[keep]
-    return rows, tokens
+    return rows, tokens[rows, cols]
 
 
 @dataclass
@@ -97,17 +114,19 @@ def _real_len(output: list[int]) -> int:
 
 
 class TokenWindows:
-    """Each batch row's last `width` output tokens, kept up to date incrementally.
+    """Each batch row's last `width` output tokens and their suffix matches, kept up to date incrementally.
 
     Mirrors vLLM's persistent batch: `add`, `remove`, `move`/`swap` as BatchUpdate reports them; `sync()`
-    (run by `apply`) appends the tokens produced since the last step (one per row when decoding; rows that
-    gained more, lost some, or were just added are rebuilt from their list).
+    (run by `apply`) shifts in the tokens produced since the last step (one per row when decoding: O(width)
+    per row, vectorised over rows); rows that gained more, lost some, or were just added are rebuilt from
+    their list. Matches are capped at `width`: no window is longer, so no n-gram is either.
     """
 
     def __init__(self, max_rows: int, width: int, pin_memory: bool = False):
         self.width = width
         self.pin_memory = pin_memory  # vLLM says whether pinned host memory works here (not under WSL)
-        self.tokens = np.full((max_rows, width), PAD, dtype=np.int64)
+        self.tokens = np.full((max_rows, width), PAD, dtype=np.int32)
+        self.matches = np.zeros((max_rows, width), dtype=np.int32)
         self.rows: dict[int, _Row] = {}
 
     def add(self, index: int, params: Params, output: list[int]) -> None:
@@ -123,6 +142,7 @@ class TokenWindows:
             return
         self.rows[dst] = row
         self.tokens[dst] = self.tokens[src]
+        self.matches[dst] = self.matches[src]
 
     def swap(self, a: int, b: int) -> None:
         ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
@@ -131,6 +151,15 @@ class TokenWindows:
         if rb is not None:
             self.rows[a] = rb
         self.tokens[[a, b]] = self.tokens[[b, a]]
+        self.matches[[a, b]] = self.matches[[b, a]]
+
+    def _rebuild(self, index: int, output: list[int], real: int) -> None:
+        tail = output[max(0, real - self.width) : real]
+        self.tokens[index] = PAD
+        self.matches[index] = 0
+        if tail:
+            self.tokens[index, self.width - len(tail) :] = tail
+            self.matches[index, self.width - len(tail) :] = suffix_matches(tail, self.width)
 
     def sync(self) -> None:
         step_rows, step_tokens = [], []
@@ -140,34 +169,35 @@ class TokenWindows:
                 step_rows.append(index)
                 step_tokens.append(row.output[real - 1])
             elif real != row.seen:
-                tail = row.output[max(0, real - self.width) : real]
-                self.tokens[index] = PAD
-                if tail:
-                    self.tokens[index, self.width - len(tail) :] = tail
+                self._rebuild(index, row.output, real)
             row.seen = real
         if step_rows:
-            idx = np.array(step_rows)
-            self.tokens[idx, :-1] = self.tokens[idx, 1:]
-            self.tokens[idx, -1] = step_tokens
+            idx, new = np.array(step_rows), np.array(step_tokens, dtype=np.int32)
+            tokens = self.tokens[idx]
+            tokens[:, :-1] = tokens[:, 1:]
+            tokens[:, -1] = new
+            self.tokens[idx] = tokens
+            self.matches[idx] = next_matches(tokens, self.matches[idx], new, self.width)
 
     def bans(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, tokens) every guarded row must not produce next."""
-        groups: dict[Params, list[int]] = {}
-        for index, row in self.rows.items():
-            if row.seen >= row.params[0]:
-                groups.setdefault(row.params, []).append(index)
-        found_rows, found_tokens = [], []
-        for (n, window, whitelist), indexes in groups.items():
-            idx = np.array(indexes)
-            lengths = np.array([self.rows[i].seen for i in indexes])
-            view = self.tokens[idx, max(0, self.width - window) :]
-            rows, toks = ngram_bans(view, lengths, n, np.array(whitelist, dtype=np.int64))
-            found_rows.append(idx[rows])
-            found_tokens.append(toks)
-        if not found_rows:
+        live = [(index, row) for index, row in self.rows.items() if row.seen >= row.params[0]]
+        if not live:
             empty = np.empty(0, dtype=np.int64)
             return empty, empty
-        return np.concatenate(found_rows), np.concatenate(found_tokens)
+        idx = np.array([index for index, _ in live])
+        lengths = np.array([row.seen for _, row in live])
+        n = np.array([row.params[0] for _, row in live])
+        window = np.array([row.params[1] for _, row in live])
+        rows, toks = suffix_bans(self.tokens[idx], self.matches[idx], lengths, n, window)
+        whitelists = {wl: k for k, wl in enumerate(dict.fromkeys(row.params[2] for _, row in live)) if wl}
+        if whitelists and rows.size:  # usually one whitelist (<td>, </td>) for every row
+            wl_of = np.array([whitelists.get(row.params[2], -1) for _, row in live])[rows]
+            banned = np.ones(rows.size, dtype=bool)
+            for wl, k in whitelists.items():
+                banned &= ~((wl_of == k) & np.isin(toks, np.array(wl, dtype=np.int64)))
+            rows, toks = rows[banned], toks[banned]
+        return idx[rows], toks.astype(np.int64)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Set banned tokens' logits to -inf, in place, for every row with a guard (no device sync)."""

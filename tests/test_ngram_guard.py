@@ -10,7 +10,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from process.ngram_norepeat import TokenWindows, guard_params, ngram_bans, reference_bans, violations  # noqa: E402
+from process.ngram_norepeat import (  # noqa: E402
+    TokenWindows,
+    guard_params,
+    reference_bans,
+    suffix_bans,
+    suffix_matches,
+    violations,
+)
 
 
 def batched(outputs: list[list[int]], n: int, window: int, whitelist=()) -> list[set[int]]:
@@ -100,9 +107,53 @@ def test_async_scheduling_placeholders_are_never_read_as_tokens():
 
 
 def test_vectorised_core_directly():
-    windows = np.array([[-1, -1, 5, 6, 5], [1, 1, 1, 1, 1]])
-    rows, toks = ngram_bans(windows, np.array([3, 9]), 2, np.array([], dtype=np.int64))
+    assert suffix_matches([5, 6, 5, 6, 5], cap=9).tolist() == [1, 0, 3, 0, 0]  # "5", "5 6 5" end like the tail
+    assert suffix_matches([1, 1, 1, 1], cap=2).tolist() == [1, 2, 2, 0]
+    tokens = np.array([[-1, -1, 5, 6, 5], [1, 1, 1, 1, 1]])
+    matches = np.stack([np.r_[0, 0, suffix_matches([5, 6, 5], 5)], suffix_matches([1] * 5, 5)])
+    rows, toks = suffix_bans(tokens, matches, np.array([3, 9]), np.array([2, 2]), np.array([90, 90]))
     assert sorted(zip(rows.tolist(), toks.tolist(), strict=True)) == [(0, 6), (1, 1), (1, 1), (1, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_long_outputs_past_the_window_width(seed):
+    """Outputs far longer than the kept width, fed one token a step, rebuilt midway, with several rules and
+    whitelists in one batch: bans equal the reference at every step."""
+    rng = random.Random(100 + seed)
+    width = 16
+    rules = [(1, 16, ()), (3, 7, (0,)), (4, 16, ()), (6, 12, (1, 2)), (17, 16, ())]
+    rows = TokenWindows(len(rules), width=width)
+    outs: list[list[int]] = [[] for _ in rules]
+    for i, rule in enumerate(rules):
+        rows.add(i, rule, outs[i])
+    for step in range(150):
+        logits = torch.zeros(len(rules), 4)
+        rows.apply(logits)
+        for i, (n, window, whitelist) in enumerate(rules):
+            got = set(torch.nonzero(torch.isinf(logits[i])).flatten().tolist())
+            assert got == reference_bans(outs[i], n, window, set(whitelist)), (step, i)
+        for out in outs:
+            out.append(rng.choice([0, 0, 0, 1, 2, 3]))  # long runs of 0: deep matches
+        if step == 70:
+            outs[2].extend([0, 0])  # two tokens at once: the row is rebuilt from its last `width` tokens
+
+
+def test_looping_model_under_the_guard():
+    """The dummy-weights pattern on the GPU: every row always wants token 0; the guard breaks each run of n."""
+    n, window, rows_n = 5, 12, 3
+    rows = TokenWindows(rows_n, width=32)
+    outs: list[list[int]] = [[] for _ in range(rows_n)]
+    for i in range(rows_n):
+        rows.add(i, (n, window, ()), outs[i])
+    prefs = torch.arange(8, 0, -1, dtype=torch.float32)  # token 0 best, then 1, ...
+    for _ in range(120):
+        logits = prefs.repeat(rows_n, 1)
+        rows.apply(logits)
+        for i, out in enumerate(outs):
+            assert set(torch.nonzero(torch.isinf(logits[i])).flatten().tolist()) == reference_bans(out, n, window)
+            out.append(int(torch.argmax(logits[i])))
+    assert all(violations(out, n, window) == 0 for out in outs)
+    assert outs[0][: n + 1] == [0] * n + [1]  # the first run of n zeros was broken by the next best token
 
 
 def test_params_from_extra_args():
