@@ -34,7 +34,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # Each engine run's whole output goes to $OUT/engine_N.log; the terminal gets the figures.
 engine() { n=$(ls "$OUT"/engine_*.log 2>/dev/null | wc -l); echo "engine_$n: $* ${ENGINE_ARGS:-}"
   python3 bench/engine_bench.py "$@" ${ENGINE_ARGS:-} 2>&1 | tee "$OUT/engine_$n.log" \
-    | grep --line-buffered -E "RESULT|engine up|Error|MoE|GIL held|^ *[0-9.]+% |^-- top"; }
+    | grep --line-buffered -E "RESULT|engine up|Error|MoE|GIL held|guard: |^ *[0-9.]+% |^-- top"; }
 case "${1:-check}" in
   check) python3 bench/gpu_check.py --engine vllm --model /tmp/dsocr --load-format dummy; rc=$?
          tail -n 40 /tmp/gpu_check_server.log; exit $rc ;;

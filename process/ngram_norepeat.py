@@ -20,12 +20,17 @@ The pure pieces (`reference_bans`, `suffix_matches`, `suffix_bans`, `TokenWindow
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+log = logging.getLogger("vllm.ocr_guard")  # under vLLM's logger: its handler prints in the engine core
 PAD = -1  # an empty slot in a window; also vLLM's placeholder for a token not yet sampled
 Params = tuple[int, int, tuple[int, ...]]  # (n, window, whitelist)
 
@@ -214,6 +219,26 @@ class TokenWindows:
         return logits
 
 
+class ApplyStats:
+    """NGRAM_GUARD_STATS=1: the guard's wall time per step (in vLLM's engine core), logged every 500 steps."""
+
+    def __init__(self, every: int = 500):
+        self.every, self.steps, self.seconds, self.rows = every, 0, 0.0, 0
+
+    @contextmanager
+    def timed(self, rows: int):
+        t0 = time.perf_counter()
+        yield
+        self.steps += 1
+        self.seconds += time.perf_counter() - t0
+        self.rows += rows
+        if self.steps % self.every == 0:
+            log.info(
+                "guard: %d steps, %.3f ms/step, %.0f guarded rows/step",
+                self.steps, 1000 * self.seconds / self.steps, self.rows / self.steps,
+            )  # fmt: skip
+
+
 def guard_params(extra_args: dict | None) -> tuple[int, int, tuple[int, ...]] | None:
     """(n, window, whitelist) from SamplingParams.extra_args, the names vLLM's processor uses."""
     if not extra_args or not extra_args.get("ngram_size"):
@@ -238,6 +263,7 @@ def make_vllm_processor():
 
         def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
             self.state = TokenWindows(vllm_config.scheduler_config.max_num_seqs, MAX_WINDOW, is_pin_memory)
+            self.stats = ApplyStats() if os.environ.get("NGRAM_GUARD_STATS") == "1" else None
 
         def is_argmax_invariant(self) -> bool:
             return False
@@ -259,7 +285,12 @@ def make_vllm_processor():
                         self.state.move(src, dst)
 
         def apply(self, logits: torch.Tensor) -> torch.Tensor:
-            return self.state.apply(logits) if self.state.rows else logits
+            if not self.state.rows:
+                return logits
+            if self.stats is None:
+                return self.state.apply(logits)
+            with self.stats.timed(len(self.state.rows)):
+                return self.state.apply(logits)
 
     return BatchedNGramLogitsProcessor
 

@@ -188,3 +188,15 @@ def test_guarded_generation_has_no_violations():
         out.append(int(torch.argmax(logits[0])))
     assert violations(out, n, window) == 0
     assert violations([i % 3 for i in range(200)], n, window) > 100
+
+
+def test_apply_stats_log_the_time_per_step(caplog):
+    from process.ngram_norepeat import ApplyStats
+
+    stats = ApplyStats(every=2)
+    with caplog.at_level("INFO", logger="vllm.ocr_guard"):
+        for _ in range(4):
+            with stats.timed(rows=3):
+                pass
+    assert stats.steps == 4 and stats.rows == 12
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["guard: 2 steps", "guard: 4 steps"]
