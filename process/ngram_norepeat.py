@@ -24,7 +24,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,11 +127,12 @@ class TokenWindows:
     """
 
     def __init__(self, max_rows: int, width: int, pin_memory: bool = False):
+        """pin_memory: vLLM says whether pinned host memory works here (not under WSL)."""
         self.width = width
-        self.pin_memory = pin_memory  # vLLM says whether pinned host memory works here (not under WSL)
         self.tokens = np.full((max_rows, width), PAD, dtype=np.int32)
         self.matches = np.zeros((max_rows, width), dtype=np.int32)
         self.rows: dict[int, _Row] = {}
+        self.writer = BanWriter(pin_memory)
 
     def add(self, index: int, params: Params, output: list[int]) -> None:
         self.rows[index] = _Row(params, output)
@@ -204,39 +204,99 @@ class TokenWindows:
             rows, toks = rows[banned], toks[banned]
         return idx[rows], toks.astype(np.int64)
 
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Set banned tokens' logits to -inf, in place, for every row with a guard (no device sync)."""
+    def pairs(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """This step's (rows, tokens) to ban, for rows inside a batch of `batch` logits rows."""
         self.sync()
         rows, toks = self.bans()
-        keep = rows < logits.shape[0]
-        if not keep.all():
-            rows, toks = rows[keep], toks[keep]
-        if rows.size:
-            pairs = torch.from_numpy(np.stack([rows, toks]))
-            if logits.device.type != "cpu":
-                pairs = (pairs.pin_memory() if self.pin_memory else pairs).to(logits.device, non_blocking=True)
-            logits[pairs[0], pairs[1]] = float("-inf")
+        keep = rows < batch
+        return (rows, toks) if keep.all() else (rows[keep], toks[keep])
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """Set banned tokens' logits to -inf, in place, for every row with a guard (no device sync)."""
+        rows, toks = self.pairs(logits.shape[0])
+        return self.writer.write(logits, rows, toks)
+
+
+class BanWriter:
+    """Writes -inf at the banned (row, token) pairs of the logits without allocating or waiting per step.
+
+    On a GPU the pairs travel through one of two pinned host buffers in turn (an event says when the GPU has
+    read the one about to be refilled: two steps ago, long done) into a device buffer, and `index_put_` takes
+    a device -inf: nothing a step does allocates pinned memory or makes a scalar tensor (vLLM's built-in
+    min-tokens processor keeps its -inf on the device the same way).
+    """
+
+    def __init__(self, pin_memory: bool, capacity: int = 4096):
+        self.pin_memory, self.capacity = pin_memory, capacity
+        self.host: list[torch.Tensor] = []
+        self.read: list[torch.cuda.Event | None] = [None, None]
+        self.dev: torch.Tensor | None = None
+        self.neg_inf: torch.Tensor | None = None
+        self.turn = 0
+
+    def _buffers(self, logits: torch.Tensor, k: int) -> None:
+        if self.dev is not None and k <= self.capacity and self.dev.device == logits.device:
+            if self.neg_inf is None or self.neg_inf.dtype != logits.dtype:
+                self.neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+            return
+        for event in self.read:  # growing: the old buffers must be read before they go
+            if event is not None:
+                event.synchronize()
+        while self.capacity < k:
+            self.capacity *= 2
+        self.host = [torch.empty((2, self.capacity), dtype=torch.int64, pin_memory=self.pin_memory) for _ in range(2)]
+        self.read = [None, None]
+        self.dev = torch.empty((2, self.capacity), dtype=torch.int64, device=logits.device)
+        self.neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+
+    def write(self, logits: torch.Tensor, rows: np.ndarray, toks: np.ndarray) -> torch.Tensor:
+        k = rows.size
+        if not k:
+            return logits
+        if logits.device.type == "cpu":
+            logits[torch.from_numpy(rows), torch.from_numpy(toks)] = float("-inf")
+            return logits
+        self._buffers(logits, k)
+        assert self.dev is not None and self.neg_inf is not None
+        i, self.turn = self.turn, self.turn ^ 1
+        if (event := self.read[i]) is not None:
+            event.synchronize()
+        host = self.host[i]
+        host[0, :k] = torch.from_numpy(rows)
+        host[1, :k] = torch.from_numpy(toks)
+        dev = self.dev[:, :k]
+        dev.copy_(host[:, :k], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.read[i] = event
+        logits.index_put_((dev[0], dev[1]), self.neg_inf)
         return logits
 
 
 class ApplyStats:
-    """NGRAM_GUARD_STATS=1: the guard's wall time per step (in vLLM's engine core), logged every 500 steps."""
+    """NGRAM_GUARD_STATS=1: the guard's wall time per step in vLLM's engine core (finding the pairs, writing
+    them into the logits), logged every 500 steps."""
 
     def __init__(self, every: int = 500):
-        self.every, self.steps, self.seconds, self.rows = every, 0, 0.0, 0
+        self.every, self.steps, self.find_s, self.write_s, self.rows, self.bans = every, 0, 0.0, 0.0, 0, 0
 
-    @contextmanager
-    def timed(self, rows: int):
+    def apply(self, state: TokenWindows, logits: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
-        yield
+        rows, toks = state.pairs(logits.shape[0])
+        t1 = time.perf_counter()
+        state.writer.write(logits, rows, toks)
+        self.find_s += t1 - t0
+        self.write_s += time.perf_counter() - t1
         self.steps += 1
-        self.seconds += time.perf_counter() - t0
-        self.rows += rows
+        self.rows += len(state.rows)
+        self.bans += rows.size
         if self.steps % self.every == 0:
+            ms = 1000 / self.steps
             log.info(
-                "guard: %d steps, %.3f ms/step, %.0f guarded rows/step",
-                self.steps, 1000 * self.seconds / self.steps, self.rows / self.steps,
+                "guard: %d steps, find %.3f + write %.3f ms/step, %.0f guarded rows and %.1f bans/step",
+                self.steps, self.find_s * ms, self.write_s * ms, self.rows / self.steps, self.bans / self.steps,
             )  # fmt: skip
+        return logits
 
 
 def guard_params(extra_args: dict | None) -> tuple[int, int, tuple[int, ...]] | None:
@@ -287,10 +347,7 @@ def make_vllm_processor():
         def apply(self, logits: torch.Tensor) -> torch.Tensor:
             if not self.state.rows:
                 return logits
-            if self.stats is None:
-                return self.state.apply(logits)
-            with self.stats.timed(len(self.state.rows)):
-                return self.state.apply(logits)
+            return self.state.apply(logits) if self.stats is None else self.stats.apply(self.state, logits)
 
     return BatchedNGramLogitsProcessor
 

@@ -193,10 +193,17 @@ def test_guarded_generation_has_no_violations():
 def test_apply_stats_log_the_time_per_step(caplog):
     from process.ngram_norepeat import ApplyStats
 
+    rows = TokenWindows(2, width=8)
+    outs: list[list[int]] = [[], []]
+    for i in range(2):
+        rows.add(i, (2, 8, ()), outs[i])
     stats = ApplyStats(every=2)
     with caplog.at_level("INFO", logger="vllm.ocr_guard"):
         for _ in range(4):
-            with stats.timed(rows=3):
-                pass
-    assert stats.steps == 4 and stats.rows == 12
+            logits = torch.zeros(2, 3)
+            stats.apply(rows, logits)
+            for out in outs:
+                out.append(0)
+    assert stats.steps == 4 and stats.rows == 8
+    assert stats.bans == 6  # token 0 in both rows: once at step 3 ("0 0" seen once), twice at step 4
     assert [r.getMessage().split(",")[0] for r in caplog.records] == ["guard: 2 steps", "guard: 4 steps"]
