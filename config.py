@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     remote_health_interval_s: float = Field(5.0, gt=0, description="seconds between GET /v1/models checks")
     remote_connect_timeout_s: float = Field(5.0, gt=0, description="connect timeout; also the health-check timeout")
     remote_api_key: str | None = Field(None, description="sent to every backend as Authorization: Bearer")
-    remote_image_format: Literal["png", "jpeg"] = Field("png", description="how pages travel to the backend")
+    remote_image_format: Literal["png", "jpeg"] = Field("png", description="how re-encoded pages travel")
 
     # --- object storage (S3 and S3-compatible; storage/) ----------------------------------
     # Credentials, region and endpoint come from the AWS SDK's own settings (AWS_PROFILE, AWS_ACCESS_KEY_ID,

@@ -111,6 +111,9 @@ class OCRRequest:
     ignore_eos: bool = False
     tiling: bool = False  # run the page as tiles (crop_mode=tiling) where the engine supports it
     request_id: str = ""
+    # The page's original file (MIME type, bytes), when decoding it gives exactly `image`: remote engines send
+    # it as is instead of re-encoding `image`. The other engines ignore it.
+    source: tuple[str, bytes] | None = None
 
 
 @dataclass

@@ -36,7 +36,7 @@ from config import Settings
 from deepseek_ocr import OCREngine
 from errors import InputError
 from process import pdf_process
-from process.image_process import load_image, sniff_kind
+from process.image_process import load_image, page_source, sniff_kind
 
 PAGE_SPLIT = "\n\n<--- Page Split --->\n\n"
 Progress = Callable[[int, int], None]  # (pages done, pages total)
@@ -225,15 +225,15 @@ async def process_page(
         image, used_dpi = await renderer.render(
             out / "input.pdf", number - 1, opts.dpi, opts.password, settings.max_image_pixels
         )
-        info = {"format": "PDF", "page": number}
+        info, source = {"format": "PDF", "page": number}, None
     else:
         image, info = await asyncio.to_thread(load_image, image_data, settings.max_image_pixels)
-        used_dpi = None
+        source, used_dpi = page_source(image_data, info), None
     if opts.keep_page_images:
         await asyncio.to_thread(save_page_image, image, out, number)
     try:
         page = await pipeline.ocr_page(
-            engine, settings, image, opts.prompt, image_info=info,
+            engine, settings, image, opts.prompt, image_info=info, source=source,
             page=number if kind == "pdf" else None, mode=opts.mode, max_tokens=opts.max_tokens,
         )  # fmt: skip
     except InputError as e:  # one bad page (a timeout) must not sink a PDF; 503 (engine down) does

@@ -19,7 +19,7 @@ from config import Settings
 from deepseek_ocr import OCREngine, OCRRequest, OCRResult, PromptSpec, Task, resolve_prompt
 from errors import InputError
 from inputs import decode_base64, fetch_url, read_upload
-from process.image_process import get_mode, load_image, plan_tiles
+from process.image_process import get_mode, load_image, page_source, plan_tiles
 
 
 def engine_of(request: Request) -> OCREngine:
@@ -132,8 +132,10 @@ def build_request(
     ngram_size: int | None = None,
     ngram_window: int | None = None,
     ngram_whitelist: list[int] | None = None,
+    source: tuple[str, bytes] | None = None,
 ) -> OCRRequest:
-    """One engine request; the repetition guard's settings can be overridden per request (vllm_xargs)."""
+    """One engine request; the repetition guard's settings can be overridden per request (vllm_xargs).
+    `source`: the page's original file when it decodes to exactly `image` (image_process.page_source)."""
     spec = resolve_prompt(prompt, target)
     m = get_mode(mode, engine.default_mode(), engine.modes)  # the modes and token layout of this engine's model
     plan = plan_tiles(image.width, image.height, m, settings.min_crops, settings.max_crops, engine.token_strategy)
@@ -149,6 +151,7 @@ def build_request(
         ngram_whitelist=tuple(settings.ngram_whitelist_token_ids if ngram_whitelist is None else ngram_whitelist),
         tiling=tiling,
         ignore_eos=ignore_eos,
+        source=source,
     )
 
 
@@ -205,7 +208,7 @@ def postprocess(req: OCRRequest, res: OCRResult, image_info: dict, page: int | N
         markdown=ocr_utils.to_markdown(raw, page=page),
         text=ocr_utils.plain_text(raw),
         repetition_collapsed=collapsed,
-        image_info=image_info,
+        image_info={k: v for k, v in image_info.items() if not k.startswith("_")},  # not the private keys
     )
 
 
@@ -241,7 +244,8 @@ async def ocr_image_bytes(
         t0 = time.perf_counter()
         image, info = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
         decode_s = time.perf_counter() - t0
-        page = await ocr_page(engine, settings, image, prompt, image_info=info, **options)
+        source = page_source(data, info)
+        page = await ocr_page(engine, settings, image, prompt, image_info=info, source=source, **options)
     finally:
         engine.admitted -= 1
     page.result.timings["decode"] = round(decode_s, 4)

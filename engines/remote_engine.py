@@ -7,9 +7,10 @@ A backend is `vllm serve deepseek-ai/DeepSeek-OCR ...` or another instance of th
 - A page whose backend fails (connection error, 5xx) is retried once on another backend (on the same one
   only if it is the only one up and still in); with no backend
   up the answer is 503 engine_unavailable with the reason. A 4xx (the request's fault) is passed on.
-- The page travels as a PNG (or JPEG) data URL in a chat request with the extra fields vLLM understands:
-  skip_special_tokens=false, vllm_xargs (repetition guard), mm_processor_kwargs (non-Gundam modes),
-  ignore_eos, max_tokens, temperature.
+- The page travels as a data URL: the uploaded file itself when it decodes to exactly the page (an upright
+  RGB PNG or JPEG: no re-encode), else the page re-encoded as a PNG (or JPEG: REMOTE_IMAGE_FORMAT). The chat
+  request has the extra fields vLLM understands: skip_special_tokens=false, vllm_xargs (repetition guard),
+  mm_processor_kwargs (non-Gundam modes), ignore_eos, max_tokens, temperature.
 The client is httpx (already a dependency) rather than the openai package: one pooled client, our own
 failover (the SDK's retries would go to the same backend), and vLLM's extra fields as plain JSON.
 REMOTE_URLS are operator configuration: they do not go through the image_url SSRF rules.
@@ -86,6 +87,15 @@ def data_url(image: Image.Image, fmt: str) -> str:
     else:
         image.save(buf, "PNG", compress_level=1)
     return f"data:image/{fmt};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+def page_url(req: OCRRequest, fmt: str) -> str:
+    """The page's data URL: its original file when that decodes to exactly req.image (no re-encode, and a
+    smaller payload than a fast PNG), else req.image re-encoded as `fmt`."""
+    if req.source is None:
+        return data_url(req.image, fmt)
+    mime, data = req.source
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def chat_body(req: OCRRequest, model: str, image_url: str, *, stream: bool) -> dict:
@@ -273,7 +283,7 @@ class RemoteEngine(OCREngine):
 
     async def _run(self, req: OCRRequest) -> OCRResult:
         t0 = time.perf_counter()
-        image_url = await asyncio.to_thread(data_url, req.image, self.settings.remote_image_format)
+        image_url = await asyncio.to_thread(page_url, req, self.settings.remote_image_format)
         encode_s = time.perf_counter() - t0
         tried: list[BackendFailed] = []
         while True:
@@ -328,7 +338,7 @@ class RemoteEngine(OCREngine):
         if not self.ready:
             raise self.not_ready()
         async with self._slots:
-            image_url = await asyncio.to_thread(data_url, req.image, self.settings.remote_image_format)
+            image_url = await asyncio.to_thread(page_url, req, self.settings.remote_image_format)
             tried: list[BackendFailed] = []
             while True:
                 b = await self._acquire(tried)

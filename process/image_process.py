@@ -1,6 +1,7 @@
 """Image decoding with limits, and DeepSeek-OCR's resolution modes and tile arithmetic.
 
-`load_image` turns uploaded bytes into an upright RGB PIL image or raises `InputError` (a clear 4xx).
+`load_image` turns uploaded bytes into an upright RGB PIL image or raises `InputError` (a clear 4xx);
+`page_source` says when the uploaded file itself can stand for that image (no re-encode needed).
 `plan_tiles` reproduces the tiling and image-token count of vLLM's DeepSeek-OCR processor
 (vllm/transformers_utils/processors/deepseek_ocr.py), so the service can say what a page costs.
 """
@@ -12,11 +13,16 @@ import math
 import warnings
 from dataclasses import asdict, dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from errors import InputError
 
 IMAGE_FORMATS = ["PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF"]
+# Formats whose file can be sent on as the page itself (page_source), with their MIME types.
+SOURCE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg"}
+# load_image's private info key: the file decodes to exactly the returned image. Private keys ("_...") never
+# reach a response (pipeline.postprocess drops them).
+FAITHFUL = "_faithful"
 PATCH_SIZE = 16
 DOWNSAMPLE_RATIO = 4
 
@@ -170,7 +176,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(data: bytes, max_pixels: int, *, frame: int = 0) -> tuple[Image.Image, dict]:
-    """Decode bytes into an upright RGB image. Returns (image, info) or raises InputError."""
+    """Decode bytes into an upright RGB image. Returns (image, info) or raises InputError.
+    info[FAITHFUL] (private) is True when the file is an RGB PNG or JPEG that decodes to exactly the image."""
     if not data:
         raise InputError(400, "empty_file", "the image is empty (0 bytes)", accepted=IMAGE_FORMATS)
     if sniff_kind(data) == "pdf":
@@ -199,6 +206,14 @@ def load_image(data: bytes, max_pixels: int, *, frame: int = 0) -> tuple[Image.I
             if frame:
                 img.seek(min(frame, frames - 1))
             img.load()
+            # Nothing below changes it: one RGB frame (no transparency key), no EXIF turn.
+            faithful = (
+                fmt in SOURCE_MIME
+                and frames == 1
+                and img.mode == "RGB"
+                and "transparency" not in img.info
+                and img.getexif().get(ExifTags.Base.Orientation, 1) == 1
+            )
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
     except InputError:
@@ -209,4 +224,9 @@ def load_image(data: bytes, max_pixels: int, *, frame: int = 0) -> tuple[Image.I
         raise InputError(415, "not_an_image", "the file is not a readable image", accepted=IMAGE_FORMATS) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(422, "corrupt_image", f"the image could not be decoded: {e}", accepted=IMAGE_FORMATS) from e
-    return rgb, {"format": fmt, "frames": frames, "width": rgb.width, "height": rgb.height}
+    return rgb, {"format": fmt, "frames": frames, "width": rgb.width, "height": rgb.height, FAITHFUL: faithful}
+
+
+def page_source(data: bytes, info: dict) -> tuple[str, bytes] | None:
+    """(MIME type, data) when `data`, decoded by load_image into `info`, gives exactly its image; else None."""
+    return (SOURCE_MIME[info["format"]], data) if info.get(FAITHFUL) else None

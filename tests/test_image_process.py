@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from conftest import BROKEN, BROKEN_CASES, DOCLING
+from PIL import Image
 
 from errors import InputError
 from process.image_process import (
@@ -12,6 +15,7 @@ from process.image_process import (
     default_mode,
     get_mode,
     load_image,
+    page_source,
     plan_tiles,
     tile_boxes,
 )
@@ -125,3 +129,49 @@ def test_exif_orientation_is_applied():
     img, _ = load_image((BROKEN / "exif_rotated.jpg").read_bytes(), 60_000_000)
     assert raw.getexif().get(0x0112) == 6
     assert img.size == (raw.height, raw.width)  # orientation 6 = rotate 90: sides swap
+
+
+def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_page_source_is_the_file_only_when_it_decodes_to_exactly_the_image():
+    page = Image.new("RGB", (120, 80), "white")
+    page.paste((0, 0, 200), (0, 0, 30, 20))
+    turned = Image.Exif()
+    turned[0x0112] = 6
+    upright = Image.Exif()
+    upright[0x0112] = 1
+    faithful = {
+        "rgb.png": (_encode(page, "PNG"), "image/png"),
+        "rgb.jpg": (_encode(page, "JPEG"), "image/jpeg"),
+        "upright.jpg": (_encode(page, "JPEG", exif=upright), "image/jpeg"),  # orientation 1 changes nothing
+        "qr_bill_example.jpg": ((DOCLING / "qr_bill_example.jpg").read_bytes(), "image/jpeg"),
+    }
+    for name, (data, mime) in faithful.items():
+        img, info = load_image(data, 60_000_000)
+        assert page_source(data, info) == (mime, data), name
+        assert Image.open(io.BytesIO(data)).convert("RGB").tobytes() == img.tobytes(), name
+
+    apng = _encode(page, "PNG", save_all=True, append_images=[page.rotate(180)])
+    rewritten = {
+        "rgba.png": _encode(page.convert("RGBA"), "PNG"),
+        "gray.png": _encode(page.convert("L"), "PNG"),
+        "palette.png": _encode(page.convert("P"), "PNG"),
+        "rgb_with_transparent_key.png": _encode(page, "PNG", transparency=(255, 255, 255)),
+        "exif6.jpg": _encode(page, "JPEG", exif=turned),
+        "two_frames.png": apng,
+        "rgb.webp": _encode(page, "WEBP", lossless=True),
+        "rgb.tif": _encode(page, "TIFF"),
+        "cmyk.jpg": (BROKEN / "cmyk.jpg").read_bytes(),
+        "exif_rotated.jpg": (BROKEN / "exif_rotated.jpg").read_bytes(),
+        "gray16.png": (BROKEN / "gray16.png").read_bytes(),
+        "example_image_01.png": (DOCLING / "example_image_01.png").read_bytes(),  # RGBA
+    }
+    for name, data in rewritten.items():
+        img, info = load_image(data, 60_000_000)
+        assert img.mode == "RGB" and page_source(data, info) is None, name
+    assert load_image(rewritten["exif6.jpg"], 60_000_000)[0].size == (80, 120)  # turned upright
+    assert load_image(apng, 60_000_000)[1]["frames"] == 2

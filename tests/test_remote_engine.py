@@ -4,7 +4,8 @@ The fleet: a CPU-engine backend, and a remote-engine front whose REMOTE_URLS lis
 dead URL (nothing listens there). Images, PDFs (with layouts PDF and crops), batches, jobs and /v1 through
 the front give the backend's own answers; the dead URL is marked down; killing the backend turns the front
 into 503 engine_unavailable, and restarting it puts it back. Balancing and the retry on another backend
-run on an in-process front (one backend listed twice; a backend that answers 5xx).
+run on an in-process front (one backend listed twice; a backend that answers 5xx). A recording backend shows
+what travels: an upright RGB PNG or JPEG upload byte for byte, any other page re-encoded.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import time
 import zipfile
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import openai
 import pytest
-from conftest import DOCLING, OCR_TEST_TEXT, cer, make_client, serve_http, wait_ready
+from conftest import DOCLING, OCR_TEST_TEXT, cer, make_client, render, serve_http, wait_ready
+from PIL import Image
 from service import start_service, stop_service
 
 import pipeline
@@ -225,10 +228,10 @@ def test_remote_urls_setting():
 # --- in-process fronts: balancing and the retry on another backend ------------------------------------
 
 
-class FailingBackend(BaseHTTPRequestHandler):
-    """A backend that passes health checks but answers every page with HTTP 500."""
+class FakeBackend(BaseHTTPRequestHandler):
+    """A backend that passes health checks (model `model`); subclasses answer the pages."""
 
-    chat_requests = 0
+    model = "fake"
 
     def _json(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -239,15 +242,22 @@ class FailingBackend(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        self._json(200, {"object": "list", "data": [{"id": "broken", "object": "model"}]})
+        self._json(200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    def log_message(self, *args):
+        pass
+
+
+class FailingBackend(FakeBackend):
+    """A backend that passes health checks but answers every page with HTTP 500."""
+
+    model = "broken"
+    chat_requests = 0
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         type(self).chat_requests += 1
         self._json(500, {"error": {"message": "out of memory", "type": "server_error", "code": "internal_error"}})
-
-    def log_message(self, *args):
-        pass
 
 
 def test_balancing_and_retry_on_another_backend(fleet, tmp_path, scan_png):
@@ -274,3 +284,108 @@ def test_balancing_and_retry_on_another_backend(fleet, tmp_path, scan_png):
     assert state[broken]["failures"] == FailingBackend.chat_requests and "out of memory" in state[broken]["last_error"]
     assert state[backend]["completed"] == 4  # ...and were retried on the other one
     assert state[broken]["state"] == "up"  # a 5xx does not take a backend out (a poison page would take all out)
+
+
+# --- what the backend receives: the uploaded file itself, or the page re-encoded -----------------------
+
+
+class RecordingBackend(FakeBackend):
+    """A backend that keeps the image URL of every page it gets and answers "ok" (streamed if asked)."""
+
+    urls: ClassVar[list[str]] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        type(self).urls.append(body["messages"][0]["content"][0]["image_url"]["url"])
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        if not body.get("stream"):
+            choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+            self._json(200, {"choices": [choice], "usage": usage})
+            return
+        self.send_response(200)  # HTTP/1.0: the stream ends when the connection closes
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for event in (
+            {"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": None}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage},
+        ):
+            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.fixture
+def recording_front(tmp_path):
+    """(client, the URLs its backend got) of an in-process remote front whose one backend records pages."""
+    RecordingBackend.urls = []
+    with serve_http(RecordingBackend) as backend:
+        s = Settings(_env_file=None, engine="remote", remote_urls=[backend], data_dir=tmp_path)
+        with make_client(s) as c:
+            wait_ready(c)
+            yield c, RecordingBackend.urls
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def decoded(url: str) -> tuple[str, bytes]:
+    """(MIME type, bytes) of a base64 data URL."""
+    head, data = url.split(",", 1)
+    return head.removeprefix("data:").removesuffix(";base64"), base64.b64decode(data)
+
+
+def test_rgb_png_and_jpeg_reach_the_backend_as_uploaded(recording_front, scan_png):
+    c, urls = recording_front
+    jpeg = (DOCLING / "qr_bill_example.jpg").read_bytes()  # RGB, EXIF orientation 1
+    for data, mime in ((scan_png, "image/png"), (jpeg, "image/jpeg")):
+        b64 = base64.b64encode(data).decode()
+        urls.clear()
+        assert c.post("/ocr/image/simple", files={"file": ("p", data)}).status_code == 200
+        advanced = c.post("/ocr/image/advanced", files={"file": ("p", data)}).json()
+        assert set(advanced["input"]) == {"format", "frames", "width", "height"}  # the private flag stays inside
+        assert c.post("/batch/ocr", files=[("files", ("p.img", data))]).json()["succeeded"] == 1  # documents.py
+        assert c.post("/generate", json={"image_base64": b64, "stream": True}).text.endswith("[DONE]\n\n")
+        part = {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64}"}}
+        v1 = {"messages": [{"role": "user", "content": [part]}]}
+        for stream in (False, True):
+            assert c.post("/v1/chat/completions", json={**v1, "stream": stream}).status_code == 200
+        assert len(urls) == 6 and all(decoded(u) == (mime, data) for u in urls)  # byte for byte the upload
+
+
+def test_other_pages_reach_the_backend_re_encoded(recording_front):
+    c, urls = recording_front
+    page = Image.new("RGB", (300, 200), "white")
+    page.paste((200, 0, 0), (0, 0, 60, 40))  # a red corner shows which way up the page arrived
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: shown turned 90 degrees clockwise
+    rgba = (DOCLING / "example_image_01.png").read_bytes()  # RGBA
+    uploads = {
+        "rgba": (rgba, Image.open(io.BytesIO(rgba)).convert("RGBA")),
+        "gray": (encode(page.convert("L"), "PNG"), page.convert("L").convert("RGB")),
+        "exif": (encode(page, "JPEG", exif=exif, quality=100), None),
+    }
+    for name, (data, want) in uploads.items():
+        urls.clear()
+        r = c.post("/ocr/image/simple", files={"file": (name, data)})
+        assert r.status_code == 200, r.text
+        mime, sent = decoded(urls[0])
+        got = Image.open(io.BytesIO(sent))
+        assert mime == "image/png" and sent != data and got.mode == "RGB", name
+        if name == "rgba":  # transparent areas become white paper
+            flat = Image.new("RGB", want.size, "white")
+            flat.paste(want, mask=want.getchannel("A"))
+            assert got.tobytes() == flat.tobytes()
+        elif name == "gray":
+            assert got.tobytes() == want.tobytes()
+        else:  # upright: sides swapped, the red corner now top right
+            assert got.size == (200, 300)
+            assert got.getpixel((190, 10))[0] > 150 and got.getpixel((10, 10)) == (255, 255, 255)
+
+    urls.clear()
+    pdf = (DOCLING / "ocr_test.pdf").read_bytes()
+    assert c.post("/pdf/ocr", files={"file": ("o.pdf", pdf)}).status_code == 200
+    mime, sent = decoded(urls[0])
+    rendered = Image.open(io.BytesIO(render("ocr_test.pdf")))  # the default 144 dpi
+    assert len(urls) == 1 and mime == "image/png" and Image.open(io.BytesIO(sent)).size == rendered.size
