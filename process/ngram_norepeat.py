@@ -84,12 +84,18 @@ def next_matches(tokens: np.ndarray, matches: np.ndarray, new: np.ndarray, cap: 
 
 
 def suffix_bans(
-    tokens: np.ndarray, matches: np.ndarray, lengths: np.ndarray, n: np.ndarray, window: np.ndarray
+    tokens: np.ndarray,
+    matches: np.ndarray,
+    lengths: np.ndarray,
+    n: np.ndarray,
+    window: np.ndarray,
+    live: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(rows, tokens) to ban, from each row's window and matches; O(rows x width), no per-n-gram compare.
 
     tokens: [B, W] the last W output tokens, right-aligned (PAD on the left); matches: [B, W] how many tokens
-    end the window both at column c and at the newest column; lengths, n, window: [B] per row.
+    end the window both at column c and at the newest column; lengths, n, window: [B] per row; live: [B]
+    the rows to look at (default all).
     The token at column d is banned when the (n-1) tokens before it equal the newest (n-1) tokens
     (matches[d-1] >= n-1) and its n-gram starts inside the row's window (d >= lo).
     """
@@ -97,7 +103,8 @@ def suffix_bans(
     before = np.zeros_like(matches)
     before[:, 1:] = matches[:, :-1]  # column 0: nothing before it (only n = 1 bans there)
     lo = np.maximum(w - lengths, w - window) + n - 1
-    ok = (before >= (n - 1)[:, None]) & (np.arange(w) >= lo[:, None]) & (lengths >= n)[:, None]
+    rows_ok = lengths >= n if live is None else live & (lengths >= n)
+    ok = (before >= (n - 1)[:, None]) & (np.arange(w) >= lo[:, None]) & rows_ok[:, None]
     rows, cols = np.nonzero(ok)
     return rows, tokens[rows, cols]
 
@@ -117,37 +124,65 @@ def _real_len(output: list[int]) -> int:
     return end
 
 
+def _rows(indexes: list[int]) -> tuple[slice | np.ndarray, np.ndarray]:
+    """Row selector for `indexes` (a slice when they are rows 0..k-1, as vLLM keeps its batch dense: views,
+    no copies) and the order that puts per-row values in selector order."""
+    idx = np.array(indexes)
+    order = np.argsort(idx, kind="stable")
+    idx = idx[order]
+    return (slice(0, idx.size) if idx[-1] == idx.size - 1 else idx), order
+
+
 class TokenWindows:
-    """Each batch row's last `width` output tokens and their suffix matches, kept up to date incrementally.
+    """Each batch row's last output tokens and their suffix matches, kept up to date incrementally.
 
     Mirrors vLLM's persistent batch: `add`, `remove`, `move`/`swap` as BatchUpdate reports them; `sync()`
-    (run by `apply`) shifts in the tokens produced since the last step (one per row when decoding: O(width)
+    (run by `apply`) shifts in the tokens produced since the last step (one per row when decoding: O(span)
     per row, vectorised over rows); rows that gained more, lost some, or were just added are rebuilt from
-    their list. Matches are capped at `width`: no window is longer, so no n-gram is either.
+    their list. Only the last `span` columns are kept current: the longest window asked for so far (at most
+    `width`); a longer one rebuilds every row once. Matches are capped at `span`: no n-gram is longer.
+    Per-row rules and lengths live in arrays too, so finding the bans has no per-row Python.
     """
 
     def __init__(self, max_rows: int, width: int, pin_memory: bool = False):
         """pin_memory: vLLM says whether pinned host memory works here (not under WSL)."""
         self.width = width
+        self.span = 0
         self.tokens = np.full((max_rows, width), PAD, dtype=np.int32)
         self.matches = np.zeros((max_rows, width), dtype=np.int32)
         self.rows: dict[int, _Row] = {}
+        # per row: n, window, whitelist id, tokens seen (-1: none / free row)
+        self.rule = np.zeros((3, max_rows), dtype=np.int64)
+        self.seen = np.full(max_rows, -1, dtype=np.int64)
+        self.whitelists: dict[tuple[int, ...], int] = {(): 0}
         self.writer = BanWriter(pin_memory)
 
     def add(self, index: int, params: Params, output: list[int]) -> None:
+        if params[1] > self.span and self.span < self.width:
+            self.span = min(params[1], self.width)
+            for row in self.rows.values():  # columns left of the old span were never kept
+                row.seen = -1
         self.rows[index] = _Row(params, output)
+        wl = self.whitelists.setdefault(params[2], len(self.whitelists))
+        self.rule[:, index] = (params[0], params[1], wl)
+        self.seen[index] = -1
 
     def remove(self, index: int) -> None:
         self.rows.pop(index, None)
+        self.seen[index] = -1
 
     def move(self, src: int, dst: int) -> None:
         row = self.rows.pop(src, None)
+        self.seen[src] = -1
         if row is None:
             self.rows.pop(dst, None)
+            self.seen[dst] = -1
             return
         self.rows[dst] = row
-        self.tokens[dst] = self.tokens[src]
-        self.matches[dst] = self.matches[src]
+        for a in (self.tokens, self.matches):
+            a[dst] = a[src]
+        self.rule[:, dst] = self.rule[:, src]
+        self.seen[dst] = row.seen
 
     def swap(self, a: int, b: int) -> None:
         ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
@@ -155,54 +190,62 @@ class TokenWindows:
             self.rows[b] = ra
         if rb is not None:
             self.rows[a] = rb
-        self.tokens[[a, b]] = self.tokens[[b, a]]
-        self.matches[[a, b]] = self.matches[[b, a]]
+        for arr in (self.tokens, self.matches, self.seen):
+            arr[[a, b]] = arr[[b, a]]
+        self.rule[:, [a, b]] = self.rule[:, [b, a]]
 
     def _rebuild(self, index: int, output: list[int], real: int) -> None:
-        tail = output[max(0, real - self.width) : real]
+        tail = output[max(0, real - self.span) : real]
         self.tokens[index] = PAD
         self.matches[index] = 0
         if tail:
             self.tokens[index, self.width - len(tail) :] = tail
-            self.matches[index, self.width - len(tail) :] = suffix_matches(tail, self.width)
+            self.matches[index, self.width - len(tail) :] = suffix_matches(tail, self.span)
 
     def sync(self) -> None:
         step_rows, step_tokens = [], []
         for index, row in self.rows.items():
-            real = _real_len(row.output)
-            if row.seen >= 0 and real == row.seen + 1:
+            out = row.output
+            real = len(out)
+            if real and out[-1] == PAD:
+                real = _real_len(out)
+            if real == row.seen + 1 and row.seen >= 0:
                 step_rows.append(index)
-                step_tokens.append(row.output[real - 1])
+                step_tokens.append(out[real - 1])
             elif real != row.seen:
-                self._rebuild(index, row.output, real)
+                self._rebuild(index, out, real)
+                self.seen[index] = real
             row.seen = real
-        if step_rows:
-            idx, new = np.array(step_rows), np.array(step_tokens, dtype=np.int32)
-            tokens = self.tokens[idx]
-            tokens[:, :-1] = tokens[:, 1:]
-            tokens[:, -1] = new
-            self.tokens[idx] = tokens
-            self.matches[idx] = next_matches(tokens, self.matches[idx], new, self.width)
+        if not step_rows:
+            return
+        sel, order = _rows(step_rows)
+        new = np.array(step_tokens, dtype=np.int32)[order]
+        self.seen[sel] += 1
+        cols = slice(self.width - self.span, self.width)
+        tokens = self.tokens[sel, cols]  # a view when `sel` is a slice
+        tokens[:, :-1] = tokens[:, 1:].copy()
+        tokens[:, -1] = new
+        self.matches[sel, cols] = next_matches(tokens, self.matches[sel, cols], new, self.span)
+        if isinstance(sel, np.ndarray):
+            self.tokens[sel, cols] = tokens
 
     def bans(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, tokens) every guarded row must not produce next."""
-        live = [(index, row) for index, row in self.rows.items() if row.seen >= row.params[0]]
-        if not live:
+        if not self.rows:
             empty = np.empty(0, dtype=np.int64)
             return empty, empty
-        idx = np.array([index for index, _ in live])
-        lengths = np.array([row.seen for _, row in live])
-        n = np.array([row.params[0] for _, row in live])
-        window = np.array([row.params[1] for _, row in live])
-        rows, toks = suffix_bans(self.tokens[idx], self.matches[idx], lengths, n, window)
-        whitelists = {wl: k for k, wl in enumerate(dict.fromkeys(row.params[2] for _, row in live)) if wl}
-        if whitelists and rows.size:  # usually one whitelist (<td>, </td>) for every row
-            wl_of = np.array([whitelists.get(row.params[2], -1) for _, row in live])[rows]
+        k = max(self.rows) + 1  # rows 0..k-1 at once (free ones masked out: seen -1)
+        n, window, wl = self.rule[:, :k]
+        seen = self.seen[:k]
+        cols = slice(self.width - self.span, self.width)
+        rows, toks = suffix_bans(self.tokens[:k, cols], self.matches[:k, cols], seen, n, window, seen >= 0)
+        if len(self.whitelists) > 1 and rows.size:  # usually one whitelist (<td>, </td>) for every row
             banned = np.ones(rows.size, dtype=bool)
-            for wl, k in whitelists.items():
-                banned &= ~((wl_of == k) & np.isin(toks, np.array(wl, dtype=np.int64)))
+            for allowed, i in self.whitelists.items():
+                if allowed:
+                    banned &= ~((wl[rows] == i) & np.isin(toks, np.array(allowed, dtype=np.int64)))
             rows, toks = rows[banned], toks[banned]
-        return idx[rows], toks.astype(np.int64)
+        return rows, toks.astype(np.int64)
 
     def pairs(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """This step's (rows, tokens) to ban, for rows inside a batch of `batch` logits rows."""

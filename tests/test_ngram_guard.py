@@ -207,3 +207,38 @@ def test_apply_stats_log_the_time_per_step(caplog):
     assert stats.steps == 4 and stats.rows == 8
     assert stats.bans == 6  # token 0 in both rows: once at step 3 ("0 0" seen once), twice at step 4
     assert [r.getMessage().split(",")[0] for r in caplog.records] == ["guard: 2 steps", "guard: 4 steps"]
+
+
+def test_a_longer_window_arriving_later_rebuilds_every_row():
+    """Rows keep only the longest window asked for so far; a request with a longer one arrives mid-run and the
+    others' bans stay exact (they are rebuilt from their lists once), also after swaps and moves."""
+    rng = random.Random(11)
+    rows = TokenWindows(4, width=32)
+    outs: list[list[int]] = [[], [], [], []]
+    rules = {0: (3, 5, ()), 1: (2, 6, (1,)), 2: (4, 20, ()), 3: (1, 40, ())}
+    for i in (0, 1):
+        rows.add(i, rules[i], outs[i])
+    live = {0: 0, 1: 1}  # batch row -> request
+    for step in range(90):
+        if step == 25:
+            rows.add(2, rules[2], outs[2])
+            live[2] = 2
+        if step == 40:
+            rows.swap(0, 2)
+            live[0], live[2] = live[2], live[0]
+        if step == 55:
+            rows.add(3, rules[3], outs[3])  # window 40 > width 32: capped, like MAX_WINDOW
+            live[3] = 3
+        if step == 70:
+            rows.remove(1)
+            rows.move(3, 1)
+            live[1] = live.pop(3)
+        logits = torch.zeros(4, 4)
+        rows.apply(logits)
+        for i, req in live.items():
+            n, window, whitelist = rules[req]
+            got = set(torch.nonzero(torch.isinf(logits[i])).flatten().tolist())
+            assert got == reference_bans(outs[req], n, min(window, 32), set(whitelist)), (step, i)
+        for req in live.values():
+            outs[req].append(rng.choice([0, 0, 1, 2, 3]))
+    assert rows.span == 32
