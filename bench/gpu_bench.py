@@ -316,7 +316,7 @@ def main() -> None:
         "ENGINE": args.engine, "MODEL_PATH": args.model, "LOAD_FORMAT": "dummy", "DATA_DIR": tempfile.mkdtemp(),
         "MAX_CONCURRENCY": str(args.max_num_seqs), "GPU_MEM_UTILIZATION": "0.9", "NUM_WORKERS": str(args.workers),
         "NGRAM_IMPL": args.ngram_impl, "MAX_UPLOAD_BYTES": str(64 << 20), "LOG_LEVEL": "WARNING",
-        "MAX_QUEUE": "4096", "ENGINE_DEATH": "exit",
+        "MAX_QUEUE": "4096", "ENGINE_DEATH": "exit", "VLLM_SERVE_PORT": "18000",
     }  # fmt: skip
     env.update(kv.split("=", 1) for kv in args.extra_env.split(",") if kv)
     log = Path(os.environ.get("OUT") or tempfile.gettempdir()) / "gpu_bench_server.log"  # kept if a run times out
@@ -325,8 +325,8 @@ def main() -> None:
     try:
         info = httpx.get(f"{base}/").json()["engine"]
         # vLLM's gauges and histograms: this service's /metrics in-process, the managed child's with VLLM_API_SERVERS
-        port = env.get("VLLM_SERVE_PORT") if int(env.get("VLLM_API_SERVERS", "0") or 0) else None
-        metrics_url = f"http://127.0.0.1:{port}" if port else base
+        managed = info.get("shape") == "vllm serve (managed)"  # VLLM_API_SERVERS: -1 (default) on a GPU box, or N
+        metrics_url = f"http://127.0.0.1:{env['VLLM_SERVE_PORT']}" if managed else base
         print(f"service up in {time.time() - t0:.0f} s: {json.dumps(info)}", flush=True)
         modes = list(httpx.get(f"{base}/ocr/info").json()["modes"])
         warm = {"prompt": PROMPT, "max_tokens": 8, "image_base64": b64(synthetic_page(0))}

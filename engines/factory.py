@@ -44,15 +44,17 @@ def choose_engine(settings: Settings) -> tuple[str, str]:
 
 def build_engine(settings: Settings) -> OCREngine:
     kind, why = choose_engine(settings)
-    if kind == "vllm" and settings.vllm_api_servers > 0:
-        from engines.vllm_serve_engine import ManagedVLLMServeEngine
+    if kind == "vllm":
+        from engines.vllm_serve_engine import ManagedVLLMServeEngine, api_servers
 
-        why += f"; VLLM_API_SERVERS={settings.vllm_api_servers}: `vllm serve` as a managed child"
-        engine: OCREngine = ManagedVLLMServeEngine(settings)
-    elif kind == "vllm":
-        from engines.vllm_engine import VLLMEngine
+        if servers := api_servers(settings):
+            why += f"; VLLM_API_SERVERS={settings.vllm_api_servers}: `vllm serve` ({servers} API servers) child"
+            engine: OCREngine = ManagedVLLMServeEngine(settings)
+        else:
+            from engines.vllm_engine import VLLMEngine
 
-        engine = VLLMEngine(settings)
+            why += f"; VLLM_API_SERVERS={settings.vllm_api_servers}: vLLM in this process"
+            engine = VLLMEngine(settings)
     elif kind == "remote":
         from engines.remote_engine import RemoteEngine
 

@@ -83,13 +83,21 @@ def engine_flags(kw: dict) -> list[str]:
     return out
 
 
+def api_servers(settings: Settings, cores: int | None = None) -> int:
+    """How many vLLM API servers VLLM_API_SERVERS means here (0: vLLM in this process; -1: from the cores)."""
+    if settings.vllm_api_servers >= 0:
+        return settings.vllm_api_servers
+    cores = cores or os.cpu_count() or 1
+    return 0 if cores < 4 else min(8, cores // 2)
+
+
 def serve_argv(settings: Settings, port: int, template_path: Path | str) -> list[str]:
     """The `vllm serve` command line of VLLM_API_SERVERS=N: the in-process engine's arguments, N API servers."""
     kw = engine_args(settings, NGRAM_PROCESSORS[settings.ngram_impl])
     return [
         sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", kw["model"],
         "--served-model-name", settings.model_path, "--host", "127.0.0.1", "--port", str(port),
-        "--api-server-count", str(max(1, settings.vllm_api_servers)),
+        "--api-server-count", str(max(1, api_servers(settings))),
         *engine_flags(kw),
         "--chat-template", str(template_path), "--chat-template-content-format", "string",
         "--disable-uvicorn-access-log",  # this service logs each request; the child's log keeps vLLM's own lines
@@ -328,7 +336,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
         return {
             **super().info(),
             "shape": "vllm serve (managed)",
-            "api_servers": self.settings.vllm_api_servers,
+            "api_servers": api_servers(self.settings),
             "port": self.port,
             "pid": self._proc.pid if self._proc else None,
             "log": str(self.log_path) if self.log_path else None,
