@@ -54,6 +54,7 @@ class Backend:
     failures: int = 0
     last_error: str | None = None
     checked_at: float | None = None
+    max_model_len: int | None = None  # the context length its model card gives (vLLM's does)
 
     def info(self) -> dict:
         return {
@@ -98,7 +99,21 @@ def page_url(req: OCRRequest, fmt: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def chat_body(req: OCRRequest, model: str, image_url: str, *, stream: bool) -> dict:
+TEXT_TOKENS_MARGIN = 64  # the prompt's text tokens (the default prompts take 10-20), counted generously
+
+
+def output_budget(req: OCRRequest, max_model_len: int | None) -> int | None:
+    """max_tokens to ask the backend for, or None to let it fill the rest of the context. vLLM in this process
+    stops a page at the end of the context; `vllm serve` instead refuses a request whose prompt + max_tokens
+    exceeds it (400), and the default MAX_TOKENS equals the default MAX_MODEL_LEN. The page's image tokens are
+    known exactly (the tile plan); when the request asks for about the whole rest, the server's own default
+    (max_model_len - prompt tokens) is the same answer."""
+    if max_model_len is None or req.max_tokens + req.plan.image_tokens + TEXT_TOKENS_MARGIN <= max_model_len:
+        return req.max_tokens
+    return None
+
+
+def chat_body(req: OCRRequest, model: str, image_url: str, *, stream: bool, max_model_len: int | None = None) -> dict:
     """One page as a chat-completions request, as vLLM's OpenAI server (and this service's /v1) take it."""
     text = req.spec.prompt.removeprefix("<image>").lstrip("\n")  # the server adds the image placeholder itself
     body: dict = {
@@ -109,13 +124,14 @@ def chat_body(req: OCRRequest, model: str, image_url: str, *, stream: bool) -> d
                 "content": [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": text}],
             }
         ],
-        "max_tokens": req.max_tokens,
         "temperature": req.temperature,
         "skip_special_tokens": False,  # grounding tokens must survive
         "ignore_eos": req.ignore_eos,
         "stream": stream,
         "mm_processor_kwargs": mm_kwargs(req.mode),  # the resolution mode (vLLM with this service's plugin)
     }
+    if (max_tokens := output_budget(req, max_model_len)) is not None:
+        body["max_tokens"] = max_tokens
     if req.ngram_size > 0:  # no vllm_xargs = no guard on vLLM (its processor refuses ngram_size=0)
         body["vllm_xargs"] = {
             "ngram_size": req.ngram_size,
@@ -216,6 +232,8 @@ class RemoteEngine(OCREngine):
             if not b.up:
                 log.info("backend %s is up (model %s)", b.url, models[0])
             b.up, b.model, b.owned_by = True, models[0], cards[0].get("owned_by")
+            if isinstance(context := cards[0].get("max_model_len"), int):
+                b.max_model_len = context
         b.checked_at = time.time()
 
     def _changed(self) -> None:
@@ -304,7 +322,7 @@ class RemoteEngine(OCREngine):
     def _body(self, b: Backend, req: OCRRequest, image_url: str, *, stream: bool) -> dict:
         # Every mode travels as mm_processor_kwargs: `vllm serve` runs them with this service's plugin installed
         # (vllm_plugin/), as this service's own /v1 does.
-        return chat_body(req, b.model or self.model_name, image_url, stream=stream)
+        return chat_body(req, b.model or self.model_name, image_url, stream=stream, max_model_len=b.max_model_len)
 
     async def _call(self, b: Backend, req: OCRRequest, image_url: str) -> OCRResult:
         assert self._client is not None

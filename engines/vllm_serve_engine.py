@@ -171,6 +171,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
         """`argv(port)` and `env` replace the `vllm serve` command and add to its environment (tests only)."""
         super().__init__(settings)
         self.backends = [Backend("http://127.0.0.1:0", self.capacity())]  # the port is picked at start
+        self.backends[0].max_model_len = settings.max_model_len  # what it is started with (its card says so too)
         self._argv, self._env = argv, dict(env or {})
         self._proc: asyncio.subprocess.Process | None = None
         self._exit: asyncio.Task | None = None  # the child's exit code, once it exits

@@ -30,7 +30,7 @@ from service import start_service, stop_service
 
 import pipeline
 from config import Settings
-from engines.remote_engine import Backend, RemoteEngine, chat_body, error_of
+from engines.remote_engine import TEXT_TOKENS_MARGIN, Backend, RemoteEngine, chat_body, error_of, output_budget
 
 
 def free_url() -> str:
@@ -199,6 +199,18 @@ def test_chat_body_is_the_recipe_request(scan_png):
     assert body["messages"][0]["content"][1]["text"] == "<|grounding|>Convert the document to markdown."
     assert body["mm_processor_kwargs"] == {"base_size": 1280, "image_size": 1280, "crop_mode": False}
     assert "vllm_xargs" not in body and body["stream_options"] == {"include_usage": True}
+    # `vllm serve` refuses prompt + max_tokens > its context (400): asking for about the whole rest of the
+    # context leaves max_tokens out, so the server fills the rest itself, as vLLM in process would.
+    whole = pipeline.build_request(settings, image, "free", engine=engine)  # MAX_TOKENS 8192 = MAX_MODEL_LEN
+    assert output_budget(whole, 8192) is None and "max_tokens" not in chat_body(
+        whole, "m", "", stream=False, max_model_len=8192
+    )
+    assert output_budget(whole, None) == 8192 and output_budget(whole, 32768) == 8192
+    fits = 8192 - whole.plan.image_tokens - TEXT_TOKENS_MARGIN
+    assert output_budget(pipeline.build_request(settings, image, "free", engine=engine, max_tokens=fits), 8192) == fits
+    assert (
+        output_budget(pipeline.build_request(settings, image, "free", engine=engine, max_tokens=fits + 1), 8192) is None
+    )
     # A `vllm serve` backend gets the mode too: with this service's plugin it runs every mode.
     vllm_body = engine._body(Backend("http://gpu1:8001", 1, up=True, owned_by="vllm"), req, "data:,", stream=False)
     assert vllm_body["mm_processor_kwargs"] == {"base_size": 1280, "image_size": 1280, "crop_mode": False}
@@ -290,13 +302,19 @@ def test_balancing_and_retry_on_another_backend(fleet, tmp_path, scan_png):
 
 
 class RecordingBackend(FakeBackend):
-    """A backend that keeps the image URL of every page it gets and answers "ok" (streamed if asked)."""
+    """A backend that keeps the image URL (and max_tokens) of every page it gets and answers "ok" (streamed if
+    asked). Its model card gives its context length, as vLLM's does."""
 
     urls: ClassVar[list[str]] = []
+    max_tokens: ClassVar[list[int | None]] = []
+
+    def do_GET(self):
+        self._json(200, {"object": "list", "data": [{"id": self.model, "object": "model", "max_model_len": 8192}]})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         type(self).urls.append(body["messages"][0]["content"][0]["image_url"]["url"])
+        type(self).max_tokens.append(body.get("max_tokens"))
         usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
         if not body.get("stream"):
             choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
@@ -316,7 +334,7 @@ class RecordingBackend(FakeBackend):
 @pytest.fixture
 def recording_front(tmp_path):
     """(client, the URLs its backend got) of an in-process remote front whose one backend records pages."""
-    RecordingBackend.urls = []
+    RecordingBackend.urls, RecordingBackend.max_tokens = [], []
     with serve_http(RecordingBackend) as backend:
         s = Settings(_env_file=None, engine="remote", remote_urls=[backend], data_dir=tmp_path)
         with make_client(s) as c:
@@ -389,3 +407,15 @@ def test_other_pages_reach_the_backend_re_encoded(recording_front):
     mime, sent = decoded(urls[0])
     rendered = Image.open(io.BytesIO(render("ocr_test.pdf")))  # the default 144 dpi
     assert len(urls) == 1 and mime == "image/png" and Image.open(io.BytesIO(sent)).size == rendered.size
+
+
+def test_pages_asking_for_the_whole_context_fit_the_backend(recording_front, scan_png):
+    """MAX_TOKENS (8192) = the backend's context (8192, from its model card): no max_tokens goes out (vLLM
+    would refuse the page with a 400), a smaller ask goes out as is."""
+    c, _ = recording_front
+    assert c.post("/ocr/image/simple", files={"file": ("s.png", scan_png)}).status_code == 200
+    assert c.post("/invocations", json={"image_base64": base64.b64encode(scan_png).decode()}).status_code == 200
+    assert (
+        c.post("/ocr/image/advanced", files={"file": ("s.png", scan_png)}, data={"max_tokens": 50}).status_code == 200
+    )
+    assert RecordingBackend.max_tokens == [None, None, 50]
