@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from process.ngram_norepeat import BanWriter, TokenWindows
+from process.logits_bans import BanWriter
+from process.ngram_norepeat import TokenWindows
 
 VOCAB, ROWS = 129280, 256
 
