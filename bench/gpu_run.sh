@@ -3,17 +3,21 @@
 #   bash bench/gpu_run.sh check     # every route through vLLM (dummy weights)
 #   bash bench/gpu_run.sh check2    # the same with DeepSeek-OCR-2
 #   bash bench/gpu_run.sh service   # the service: modes token check, per-mode rates, 256-page burst, soak, engine death
+#                                   # (defaults: managed `vllm serve`, 8 API servers on 16 cores; in process:
+#                                   # EXTRA="--extra-env VLLM_API_SERVERS=0")
 #   bash bench/gpu_run.sh engine    # naive path (vLLM guard, serial preprocessing); engine alone with our guard
 #                                   # (a one-token fill pass, then preprocessing cached; NOGUARD=1: also without it)
 #   bash bench/gpu_run.sh moe       # vLLM's fused-MoE tuner (bench/moe_tune.py) -> /tmp/moe_tuned, then the engine on it
 #   bash bench/gpu_run.sh engine512 # engine alone with 512 sequences (bf16 KV; fp8 KV too with FP8=1), cached
 #   bash bench/gpu_run.sh remote    # `vllm serve` + our plugin and guard, 8 API servers: openai client, then this service as front
 #                                   # (ENGINES=2 API_SERVERS=4: two engines sharing the GPU; FRONT_PHASES=, SKIP_PEER=1)
+#   bash bench/gpu_run.sh bench/guard_device_check.py   # any script: does the guard's logits write wait for the GPU?
 # Environment: PAGES, PASSES, PHASES, EXTRA (gpu_bench flags), PROFILE_S (py-spy: the API process during the burst,
 # the EngineCore during the engine's cached pass), MOE=/tmp/moe_tuned (tuned MoE configs for every run:
 # VLLM_TUNED_CONFIG_FOLDER; unset = the table shipped in engines/moe_configs; MOE=none = vLLM's default config),
 # ENGINE_ARGS (engine_bench flags for every engine run, e.g. --encoder-cudagraph; --torch-profile 20: vLLM's torch
-# profiler over 20 decode steps of the pass after the fill, per-op CUDA/CPU times in $OUT/torch/profiler_out_0.txt).
+# profiler over 20 decode steps of the pass after the fill, per-op CUDA/CPU times in $OUT/torch/profiler_out_0.txt),
+# NGRAM_GUARD_STATS=1 (the guard's find/write time per step, logged by vLLM's engine process every 500 steps).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
 export PATH=/tmp/spy/bin:/tmp/site/bin:$PATH
