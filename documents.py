@@ -36,7 +36,7 @@ from config import Settings
 from deepseek_ocr import OCREngine
 from errors import InputError
 from process import pdf_process
-from process.image_process import load_image, page_source, sniff_kind
+from process.image_process import load_page, sniff_kind
 
 PAGE_SPLIT = "\n\n<--- Page Split --->\n\n"
 Progress = Callable[[int, int], None]  # (pages done, pages total)
@@ -227,8 +227,8 @@ async def process_page(
         )
         info, source = {"format": "PDF", "page": number}, None
     else:
-        image, info = await asyncio.to_thread(load_image, image_data, settings.max_image_pixels)
-        source, used_dpi = page_source(image_data, info), None
+        image, info, source = await asyncio.to_thread(load_page, image_data, settings.max_image_pixels)
+        used_dpi = None
     if opts.keep_page_images:
         await asyncio.to_thread(save_page_image, image, out, number)
     try:

@@ -19,7 +19,7 @@ from config import Settings
 from deepseek_ocr import OCREngine, OCRRequest, OCRResult, PromptSpec, Task, resolve_prompt
 from errors import InputError
 from inputs import decode_base64, fetch_url, read_upload
-from process.image_process import get_mode, load_image, page_source, plan_tiles
+from process.image_process import get_mode, load_page, plan_tiles
 
 
 def engine_of(request: Request) -> OCREngine:
@@ -135,7 +135,7 @@ def build_request(
     source: tuple[str, bytes] | None = None,
 ) -> OCRRequest:
     """One engine request; the repetition guard's settings can be overridden per request (vllm_xargs).
-    `source`: the page's original file when it decodes to exactly `image` (image_process.page_source)."""
+    `source`: the page's original file when it decodes to exactly `image` (image_process.load_page)."""
     spec = resolve_prompt(prompt, target)
     m = get_mode(mode, engine.default_mode(), engine.modes)  # the modes and token layout of this engine's model
     plan = plan_tiles(image.width, image.height, m, settings.min_crops, settings.max_crops, engine.token_strategy)
@@ -208,7 +208,7 @@ def postprocess(req: OCRRequest, res: OCRResult, image_info: dict, page: int | N
         markdown=ocr_utils.to_markdown(raw, page=page),
         text=ocr_utils.plain_text(raw),
         repetition_collapsed=collapsed,
-        image_info={k: v for k, v in image_info.items() if not k.startswith("_")},  # not the private keys
+        image_info=image_info,
     )
 
 
@@ -242,9 +242,8 @@ async def ocr_image_bytes(
     engine.admitted += 1
     try:
         t0 = time.perf_counter()
-        image, info = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
+        image, info, source = await asyncio.to_thread(load_page, data, settings.max_image_pixels)
         decode_s = time.perf_counter() - t0
-        source = page_source(data, info)
         page = await ocr_page(engine, settings, image, prompt, image_info=info, source=source, **options)
     finally:
         engine.admitted -= 1

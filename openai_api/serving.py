@@ -41,7 +41,7 @@ from openai_api.protocol import (
     TextPart,
     UsageInfo,
 )
-from process.image_process import get_mode, load_image, page_source
+from process.image_process import get_mode, load_page
 
 OWNER = "deepseek-ocr-service"
 STARTED = int(time.time())
@@ -201,8 +201,7 @@ async def stream(request: Request, body: ChatCompletionRequest) -> StreamingResp
     engine, settings, chat, data = await _prepare(request, body)
     if not engine.ready:
         raise engine.not_ready()
-    image, info = await asyncio.to_thread(load_image, data, settings.max_image_pixels)
-    source = page_source(data, info)
+    image, _, source = await asyncio.to_thread(load_page, data, settings.max_image_pixels)
     req = pipeline.build_request(settings, image, chat.prompt, engine=engine, source=source, **chat.options)
     items = engine.stream_result(req)
     first = await anext(items)  # raises here (not inside the 200 stream) when nothing could start

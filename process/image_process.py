@@ -1,7 +1,7 @@
 """Image decoding with limits, and DeepSeek-OCR's resolution modes and tile arithmetic.
 
 `load_image` turns uploaded bytes into an upright RGB PIL image or raises `InputError` (a clear 4xx);
-`page_source` says when the uploaded file itself can stand for that image (no re-encode needed).
+`load_page` also gives the uploaded file itself when it can stand for that image (no re-encode needed).
 `plan_tiles` reproduces the tiling and image-token count of vLLM's DeepSeek-OCR processor
 (vllm/transformers_utils/processors/deepseek_ocr.py), so the service can say what a page costs.
 """
@@ -18,11 +18,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from errors import InputError
 
 IMAGE_FORMATS = ["PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF"]
-# Formats whose file can be sent on as the page itself (page_source), with their MIME types.
+# Formats whose file can be sent on as the page itself (load_page), with their MIME types.
 SOURCE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg"}
-# load_image's private info key: the file decodes to exactly the returned image. Private keys ("_...") never
-# reach a response (pipeline.postprocess drops them).
-FAITHFUL = "_faithful"
 PATCH_SIZE = 16
 DOWNSAMPLE_RATIO = 4
 
@@ -176,8 +173,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(data: bytes, max_pixels: int, *, frame: int = 0) -> tuple[Image.Image, dict]:
-    """Decode bytes into an upright RGB image. Returns (image, info) or raises InputError.
-    info[FAITHFUL] (private) is True when the file is an RGB PNG or JPEG that decodes to exactly the image."""
+    """Decode bytes into an upright RGB image. Returns (image, info) or raises InputError."""
+    rgb, info, _ = _decode(data, max_pixels, frame)
+    return rgb, info
+
+
+def load_page(data: bytes, max_pixels: int) -> tuple[Image.Image, dict, tuple[str, bytes] | None]:
+    """load_image, and (MIME type, data) when the file decodes to exactly that image (an upright RGB PNG or
+    JPEG: remote engines send it on as is), else None."""
+    rgb, info, faithful = _decode(data, max_pixels, 0)
+    return rgb, info, ((SOURCE_MIME[info["format"]], data) if faithful else None)
+
+
+def _decode(data: bytes, max_pixels: int, frame: int) -> tuple[Image.Image, dict, bool]:
+    """(image, info, whether the file decodes to exactly the image) or InputError."""
     if not data:
         raise InputError(400, "empty_file", "the image is empty (0 bytes)", accepted=IMAGE_FORMATS)
     if sniff_kind(data) == "pdf":
@@ -224,9 +233,4 @@ def load_image(data: bytes, max_pixels: int, *, frame: int = 0) -> tuple[Image.I
         raise InputError(415, "not_an_image", "the file is not a readable image", accepted=IMAGE_FORMATS) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(422, "corrupt_image", f"the image could not be decoded: {e}", accepted=IMAGE_FORMATS) from e
-    return rgb, {"format": fmt, "frames": frames, "width": rgb.width, "height": rgb.height, FAITHFUL: faithful}
-
-
-def page_source(data: bytes, info: dict) -> tuple[str, bytes] | None:
-    """(MIME type, data) when `data`, decoded by load_image into `info`, gives exactly its image; else None."""
-    return (SOURCE_MIME[info["format"]], data) if info.get(FAITHFUL) else None
+    return rgb, {"format": fmt, "frames": frames, "width": rgb.width, "height": rgb.height}, faithful

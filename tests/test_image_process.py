@@ -15,7 +15,7 @@ from process.image_process import (
     default_mode,
     get_mode,
     load_image,
-    page_source,
+    load_page,
     plan_tiles,
     tile_boxes,
 )
@@ -137,7 +137,7 @@ def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def test_page_source_is_the_file_only_when_it_decodes_to_exactly_the_image():
+def test_load_page_gives_the_file_only_when_it_decodes_to_exactly_the_image():
     page = Image.new("RGB", (120, 80), "white")
     page.paste((0, 0, 200), (0, 0, 30, 20))
     turned = Image.Exif()
@@ -151,8 +151,8 @@ def test_page_source_is_the_file_only_when_it_decodes_to_exactly_the_image():
         "qr_bill_example.jpg": ((DOCLING / "qr_bill_example.jpg").read_bytes(), "image/jpeg"),
     }
     for name, (data, mime) in faithful.items():
-        img, info = load_image(data, 60_000_000)
-        assert page_source(data, info) == (mime, data), name
+        img, _, source = load_page(data, 60_000_000)
+        assert source == (mime, data), name
         assert Image.open(io.BytesIO(data)).convert("RGB").tobytes() == img.tobytes(), name
 
     apng = _encode(page, "PNG", save_all=True, append_images=[page.rotate(180)])
@@ -171,7 +171,7 @@ def test_page_source_is_the_file_only_when_it_decodes_to_exactly_the_image():
         "example_image_01.png": (DOCLING / "example_image_01.png").read_bytes(),  # RGBA
     }
     for name, data in rewritten.items():
-        img, info = load_image(data, 60_000_000)
-        assert img.mode == "RGB" and page_source(data, info) is None, name
+        img, _, source = load_page(data, 60_000_000)
+        assert img.mode == "RGB" and source is None, name
     assert load_image(rewritten["exif6.jpg"], 60_000_000)[0].size == (80, 120)  # turned upright
     assert load_image(apng, 60_000_000)[1]["frames"] == 2

@@ -362,7 +362,7 @@ def test_rgb_png_and_jpeg_reach_the_backend_as_uploaded(recording_front, scan_pn
         urls.clear()
         assert c.post("/ocr/image/simple", files={"file": ("p", data)}).status_code == 200
         advanced = c.post("/ocr/image/advanced", files={"file": ("p", data)}).json()
-        assert set(advanced["input"]) == {"format", "frames", "width", "height"}  # the private flag stays inside
+        assert set(advanced["input"]) == {"format", "frames", "width", "height"}  # the same info as before
         assert c.post("/batch/ocr", files=[("files", ("p.img", data))]).json()["succeeded"] == 1  # documents.py
         assert c.post("/generate", json={"image_base64": b64, "stream": True}).text.endswith("[DONE]\n\n")
         part = {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64}"}}
