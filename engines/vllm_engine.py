@@ -112,12 +112,17 @@ def parallel_plan_error(settings: Settings, gpus: int) -> str | None:
     )
 
 
-def preprocess_processes(settings: Settings, cores: int | None = None) -> int:
-    """How many renderer worker processes to run (PREPROCESS_PROCESSES; -1 = from the core count)."""
-    if settings.preprocess_processes >= 0:
-        return settings.preprocess_processes
+def from_cores(setting: int, cores: int | None = None) -> int:
+    """A process-count setting: as given, or for -1 half the cores (at most 8; none below 4 cores)."""
+    if setting >= 0:
+        return setting
     cores = cores or os.cpu_count() or 1
     return 0 if cores < 4 else min(8, cores // 2)
+
+
+def preprocess_processes(settings: Settings, cores: int | None = None) -> int:
+    """How many renderer worker processes to run (PREPROCESS_PROCESSES; -1 = from the core count)."""
+    return from_cores(settings.preprocess_processes, cores)
 
 
 def tuned_moe_folder(folder: Path = MOE_CONFIGS) -> str | None:

@@ -36,7 +36,7 @@ import httpx
 from config import Settings
 from deepseek_ocr import EngineUnavailable, OCRRequest, OCRResult
 from engines.remote_engine import Backend, BackendFailed, RemoteEngine
-from engines.vllm_engine import FAMILIES, FAMILY_MODES, engine_args, model_env, tuned_moe_folder
+from engines.vllm_engine import FAMILIES, FAMILY_MODES, engine_args, from_cores, model_env, tuned_moe_folder
 from errors import InputError
 
 log = logging.getLogger("ocr.vllm_serve")
@@ -85,10 +85,7 @@ def engine_flags(kw: dict) -> list[str]:
 
 def api_servers(settings: Settings, cores: int | None = None) -> int:
     """How many vLLM API servers VLLM_API_SERVERS means here (0: vLLM in this process; -1: from the cores)."""
-    if settings.vllm_api_servers >= 0:
-        return settings.vllm_api_servers
-    cores = cores or os.cpu_count() or 1
-    return 0 if cores < 4 else min(8, cores // 2)
+    return from_cores(settings.vllm_api_servers, cores)
 
 
 def serve_argv(settings: Settings, port: int, template_path: Path | str) -> list[str]:
