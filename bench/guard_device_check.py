@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from guard_bench import time_guard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from process.logits_bans import BanWriter
-from process.ngram_norepeat import TokenWindows
 
 VOCAB, ROWS = 129280, 256
 
@@ -97,22 +97,8 @@ def main() -> None:
         print(f"{k:5d} pairs  BanWriter equals the CPU write: {torch.equal(got.cpu(), ref)}", flush=True)
 
     # The guard's CPU work on this machine: 256 rows that loop (every row always wants token 0).
-    state = TokenWindows(ROWS, 256)
-    outs = [[0] * 500 for _ in range(ROWS)]
-    for i, out in enumerate(outs):
-        state.add(i, (30, 90, (1, 2)), out)
-    prefs = torch.arange(1000, 0, -1, dtype=torch.float32).repeat(ROWS, 1)
-    state.apply(prefs.clone())
-    spent = 0.0
-    for _ in range(200):
-        lg = prefs.clone()
-        t0 = time.perf_counter()
-        rows, toks = state.pairs(ROWS)
-        spent += time.perf_counter() - t0
-        lg[torch.from_numpy(rows), torch.from_numpy(toks)] = float("-inf")
-        for out, tok in zip(outs, lg.argmax(dim=1).tolist(), strict=True):
-            out.append(tok)
-    print(f"guard CPU work, {ROWS} looping rows: {1000 * spent / 200:.3f} ms/step (sync + bans)", flush=True)
+    cpu = time_guard(ROWS, pattern="greedy", reference=False)["batched_ms"]
+    print(f"guard CPU work, {ROWS} looping rows: {cpu:.3f} ms/step (apply on CPU logits)", flush=True)
 
 
 if __name__ == "__main__":
