@@ -67,7 +67,7 @@ def main() -> None:
 
     from vllm import LLM, SamplingParams
 
-    from engines import vllm_engine, vllm_register
+    from engines import vllm_engine, vllm_pixels, vllm_register
     from process.ngram_norepeat import violations
 
     vllm_register.register()
@@ -97,7 +97,7 @@ def main() -> None:
         compilation_config={"cudagraph_mm_encoder": args.encoder_cudagraph}, **extra,
     )  # fmt: skip
     print(f"engine up in {time.time() - t0:.1f} s (guard {args.guard})", flush=True)
-    tag = args.tag or f"{args.guard}-u{os.environ.get('UINT8_PIXELS', '0')}"
+    tag = args.tag or f"{args.guard}-u{int(vllm_pixels.enabled())}"
     inputs = [{"prompt": PROMPT, "multi_modal_data": {"image": page(p)}} for p in range(args.pages)]
     guard = {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
     rule = (guard["ngram_size"], guard["window_size"], set(guard["whitelist_token_ids"]))
@@ -153,7 +153,7 @@ def main() -> None:
             "tuned_moe": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"), "guard_rule_violations": broken,
             "gpu_busy_mean_pct": busy.mean, "batched_encoder": os.environ.get("BATCHED_ENCODER", "0") == "1",
             "encoder_cudagraph": args.encoder_cudagraph, "max_num_batched_tokens": args.max_num_batched_tokens,
-            "uint8_pixels": os.environ.get("UINT8_PIXELS", "0") == "1",
+            "uint8_pixels": vllm_pixels.enabled(),
         }), flush=True)  # fmt: skip
 
 
