@@ -74,6 +74,10 @@ class Settings(BaseSettings):
         "scales with cores (bench/RESULTS.md: 0.88x the engine alone vs 0.69x in-process on one H100)",
     )  # fmt: skip
     vllm_serve_port: int = Field(0, ge=0, le=65535, description="loopback port of that `vllm serve` (0: a free one)")
+    vllm_serve_args: str = Field(
+        "", description="more `vllm serve` flags for that child, shell-quoted (e.g. \"--mm-tensor-ipc torch_shm\"); "
+        "they come last, so they win over the flags this service derives"
+    )  # fmt: skip
     vllm_serve_start_timeout_s: float = Field(
         900.0, gt=0, description="time that `vllm serve` has to answer /health (weights, compilation, CUDA graphs)"
     )

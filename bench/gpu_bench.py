@@ -8,8 +8,10 @@ POST /generate with the repetition guard on, ignore_eos and a fixed max_tokens. 
   mode_rates  pages/s per mode (--mode-pages pages at once, --out-tokens each)
   burst       --pages pages at once in Gundam, --passes times: pages/s, the preprocessing wait p50/p90 (the
               in-process engine's usage.timings), vLLM's mean time before its engine queue (from its histograms:
-              input processing, also inside a managed `vllm serve`), nvidia-smi's GPU busy %; with --profile-s,
-              py-spy samples the API process's GIL during the first pass (bench/pyspy_summary.py)
+              input processing, also inside a managed `vllm serve`), nvidia-smi's GPU busy %, the CPU seconds
+              of each process (API servers, EngineCore, this service) and the host's busy share, the client
+              connections each API server holds 2 s in; with --profile-s, py-spy samples a process's GIL during
+              the first pass (--profile-target: this service, an API server, the EngineCore)
   soak        --soak-requests requests, --soak-concurrency at a time, 10% of clients leave early: status
               counts, vLLM's running requests and KV-cache use afterwards, API-process RSS start/end
   death       a burst, then vLLM's EngineCore process is killed: in-flight answers, /ready, process exit
@@ -34,7 +36,7 @@ import time
 from pathlib import Path
 
 import httpx
-from gpu_watch import GpuBusy, engine_core_pids, start_profile
+from gpu_watch import CpuSplit, GpuBusy, engine_core_pids, start_profile, titled_pids
 from PIL import Image, ImageDraw
 from pyspy_summary import report
 from service import start_service, stop_service
@@ -188,19 +190,30 @@ def vllm_front(before: dict[str, float], after: dict[str, float]) -> dict:
             "vllm_queue_mean_s": round(mean["request_queue_time"], 3)}  # fmt: skip
 
 
+def profiled_pid(pid: int, target: str) -> int:
+    """The process --profile-target names: this service ("front"), or its vLLM child's first API server or
+    EngineCore (the service itself when there is no such child)."""
+    if target == "front":
+        return pid
+    found = titled_pids(pid, {"api": "APIServer_0", "core": "EngineCore"}[target])
+    return found[0] if found else pid
+
+
 def phase_burst(
-    base: str, pages: int, out_tokens: int, passes: int, label: str, pid: int, profile_s: float, metrics_url: str
-) -> None:
+    base: str, pages: int, out_tokens: int, passes: int, label: str, pid: int, profile_s: float, metrics_url: str,
+    profile_target: str = "front", serve_port: int | None = None,
+) -> None:  # fmt: skip
     pngs = [b64(synthetic_page(p)) for p in range(pages)]
     body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True, "mode": "gundam"}
-    prof = Path(os.environ.get("OUT", tempfile.gettempdir())) / f"pyspy_{label}.txt"
+    prof = Path(os.environ.get("OUT", tempfile.gettempdir())) / f"pyspy_{label}_{profile_target}.txt"
     for i in range(passes):
-        spy = start_profile(pid, profile_s, 3, prof) if profile_s and i == 0 else None
+        spy = start_profile(profiled_pid(pid, profile_target), profile_s, 3, prof) if profile_s and i == 0 else None
         before = vllm_time_sums(metrics_url)
-        with GpuBusy() as busy:
+        with GpuBusy() as busy, CpuSplit(pid, serve_port) as cpu:
             dt, outs = asyncio.run(send_all(base, [{**body, "image_base64": b} for b in pngs]))
         front = vllm_front(before, vllm_time_sums(metrics_url))
-        rate(f"service-http-{label}", pages, dt, outs, pass_no=i, gpu_busy_mean_pct=busy.mean, **front)
+        rate(f"service-http-{label}", pages, dt, outs, pass_no=i, gpu_busy_mean_pct=busy.mean, **front,
+             **cpu.summary())  # fmt: skip
         if spy is not None:
             spy.wait(timeout=profile_s + 30)
             print(report(prof, 100, profile_s), flush=True)
@@ -306,7 +319,9 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--workers", type=int, default=16, help="NUM_WORKERS: renderer threads")
     ap.add_argument("--ngram-impl", default="batched")
-    ap.add_argument("--profile-s", type=float, default=0, help="py-spy the API process during the first burst")
+    ap.add_argument("--profile-s", type=float, default=0, help="py-spy a process during the first burst")
+    ap.add_argument("--profile-target", choices=("front", "api", "core"), default="front",
+                    help="which: this service, its vLLM child's first API server, or the EngineCore")  # fmt: skip
     ap.add_argument("--label", default="batched")
     ap.add_argument("--extra-env", default="", help="KEY=VALUE,... passed to the server")
     args = ap.parse_args()
@@ -343,15 +358,9 @@ def main() -> None:
                     phase_mode_rates(base, picked, args.mode_pages, args.out_tokens)
                 elif phase == "burst":
                     phase_burst(
-                        base,
-                        args.pages,
-                        args.out_tokens,
-                        args.passes,
-                        args.label,
-                        server.pid,
-                        args.profile_s,
-                        metrics_url,
-                    )
+                        base, args.pages, args.out_tokens, args.passes, args.label, server.pid, args.profile_s,
+                        metrics_url, args.profile_target, int(env["VLLM_SERVE_PORT"]) if managed else None,
+                    )  # fmt: skip
                 elif phase == "soak":
                     phase_soak(
                         base, server.pid, args.soak_requests, args.soak_concurrency, args.soak_tokens, metrics_url

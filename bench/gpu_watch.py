@@ -3,7 +3,9 @@
 - `GpuBusy`: samples `nvidia-smi`'s utilization.gpu (the share of time a kernel was running) while a block
   runs; a mean well under 100% means the GPU waited on the CPU.
 - `start_profile`: py-spy on a process (GIL holders, every thread), summarised by bench/pyspy_summary.py.
-- `engine_core_pids`: vLLM's EngineCore processes under a parent (the LLM class, the service, `vllm serve`).
+- `engine_core_pids` / `titled_pids`: vLLM's EngineCore (API server, ...) processes under a parent (the LLM
+  class, the service, `vllm serve`).
+- `CpuSplit`: the CPU seconds each process of the service used over a block, and the API servers' connections.
 """
 
 from __future__ import annotations
@@ -53,7 +55,88 @@ def start_profile(pid: int, seconds: float, delay: float, out: Path, gil: bool =
 
 
 def engine_core_pids(parent: int) -> list[int]:
+    return titled_pids(parent, "EngineCore")
+
+
+def titled_pids(parent: int, title: str) -> list[int]:
+    """The pids of a parent's descendants whose vLLM process title starts with `title` ("APIServer", ...)."""
     import psutil
 
     procs = psutil.Process(parent).children(recursive=True)
-    return [p.pid for p in procs if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())]
+    return [p.pid for p in procs if process_label(p).startswith(title)]
+
+
+def process_label(proc) -> str:
+    """A process's vLLM title ("APIServer_3", "EngineCore", ...; vLLM sets "VLLM::<name>"), else "pid N"."""
+    try:
+        title = " ".join(proc.cmdline())
+    except Exception:
+        return f"pid {proc.pid}"
+    return title.split("::", 1)[1].split()[0] if title.startswith("VLLM::") else f"pid {proc.pid}"
+
+
+class CpuSplit:
+    """`with CpuSplit(parent, port) as c: ...` then c.summary(): the CPU seconds the parent and each of its
+    descendants used in the block (API servers sorted, most first), the host's busy share, and how many
+    client connections each API server held `spread_at` s in (port: where they listen)."""
+
+    def __init__(self, parent: int, port: int | None = None, spread_at: float = 2.0):
+        self.parent, self.port, self.spread_at = parent, port, spread_at
+        self.spread: list[int] = []
+        self._timer = None
+
+    def _procs(self) -> list:
+        import psutil
+
+        root = psutil.Process(self.parent)
+        return [root, *root.children(recursive=True)]
+
+    def _cpu(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p in self._procs():
+            try:
+                t = p.cpu_times()
+            except Exception:
+                continue
+            label = "front" if p.pid == self.parent else process_label(p)
+            out[label] = out.get(label, 0.0) + t.user + t.system
+        return out
+
+    def _count_connections(self) -> None:
+        counts = []
+        for p in self._procs():
+            if process_label(p).startswith("APIServer"):
+                try:
+                    conns = p.net_connections(kind="tcp")
+                except Exception:
+                    continue
+                counts.append(sum(c.status == "ESTABLISHED" and c.laddr.port == self.port for c in conns))
+        self.spread = sorted(counts, reverse=True)
+
+    def __enter__(self) -> CpuSplit:
+        import threading
+
+        import psutil
+
+        self._before, self._host_before = self._cpu(), psutil.cpu_times()
+        if self.port:
+            self._timer = threading.Timer(self.spread_at, self._count_connections)
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import psutil
+
+        after, host = self._cpu(), psutil.cpu_times()
+        if self._timer is not None:
+            self._timer.join()
+        self.seconds = {k: round(v - self._before.get(k, 0.0), 1) for k, v in after.items()}
+        busy = sum(host) - host.idle - host.iowait - (sum(self._host_before) - self._host_before.idle
+                                                     - self._host_before.iowait)  # fmt: skip
+        self.host_busy_pct = round(100 * busy / max(1e-9, sum(host) - sum(self._host_before)), 1)
+
+    def summary(self) -> dict:
+        api = sorted((v for k, v in self.seconds.items() if k.startswith("APIServer")), reverse=True)
+        rest = {k: v for k, v in self.seconds.items() if not k.startswith("APIServer") and v >= 0.5}
+        out = {"host_busy_pct": self.host_busy_pct, "api_cpu_s": api, "cpu_s": rest}
+        return {**out, "api_conns": self.spread} if self.spread else out

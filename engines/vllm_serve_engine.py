@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -98,6 +99,7 @@ def serve_argv(settings: Settings, port: int, template_path: Path | str) -> list
         *engine_flags(kw),
         "--chat-template", str(template_path), "--chat-template-content-format", "string",
         "--disable-uvicorn-access-log",  # this service logs each request; the child's log keeps vLLM's own lines
+        *shlex.split(settings.vllm_serve_args),
     ]  # fmt: skip
 
 

@@ -88,6 +88,14 @@ def test_serve_argv_follows_the_settings():
     assert "--enforce-eager" not in serve_argv(Settings(_env_file=None), 1, "t")
 
 
+def test_serve_args_come_last_shell_split():
+    s = Settings(_env_file=None, vllm_serve_args="--mm-tensor-ipc torch_shm --max-num-seqs 512 --x 'a b'")
+    argv = serve_argv(s, 1, "t")
+    assert argv[-6:] == ["--mm-tensor-ipc", "torch_shm", "--max-num-seqs", "512", "--x", "a b"]
+    # argparse keeps the last value, so a flag given here overrides the derived one
+    assert argv.index("--max-num-seqs") < len(argv) - 6
+
+
 def test_serve_env_makes_the_repo_importable(monkeypatch, tmp_path):
     monkeypatch.setattr(vllm_serve_engine, "tuned_moe_folder", lambda: None)
     env = serve_env({"PYTHONPATH": "/opt/x", "HOME": "/root"})
