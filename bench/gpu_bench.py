@@ -207,7 +207,9 @@ def phase_burst(
     body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True, "mode": "gundam"}
     prof = Path(os.environ.get("OUT", tempfile.gettempdir())) / f"pyspy_{label}_{profile_target}.txt"
     for i in range(passes):
-        spy = start_profile(profiled_pid(pid, profile_target), profile_s, 3, prof) if profile_s and i == 0 else None
+        # GIL holders in this service; every busy thread in vLLM's (its image work releases the GIL)
+        gil = profile_target == "front"
+        spy = start_profile(profiled_pid(pid, profile_target), profile_s, 3, prof, gil) if profile_s and not i else None
         before = vllm_time_sums(metrics_url)
         with GpuBusy() as busy, CpuSplit(pid, serve_port) as cpu:
             dt, outs = asyncio.run(send_all(base, [{**body, "image_base64": b} for b in pngs]))
