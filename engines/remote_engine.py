@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -179,19 +179,25 @@ class RemoteEngine(OCREngine):
         if not self.backends:
             self.error = "REMOTE_URLS is empty: give the base URLs of OpenAI-compatible DeepSeek-OCR servers"
             return
+        # Idle connections are dropped before the server's keep-alive (uvicorn, vLLM: 5 s) would close them.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=self.capacity(), keepalive_expiry=3)
+        self._client = self.make_client(limits=limits)
+        await self.check_backends()
+        self._health = asyncio.create_task(self._health_loop())
+
+    def make_client(self, **kw) -> httpx.AsyncClient:
+        """An httpx client to the backends: no read timeout (REQUEST_TIMEOUT_S bounds each page), the API key."""
         headers = {"User-Agent": "deepseek-ocr-service"}
         if self.settings.remote_api_key:
             headers["Authorization"] = f"Bearer {self.settings.remote_api_key}"
-        self._client = httpx.AsyncClient(
-            # The read time is bounded by REQUEST_TIMEOUT_S around each page, not here.
-            timeout=httpx.Timeout(None, connect=self.settings.remote_connect_timeout_s),
-            # Idle connections are dropped before the server's keep-alive (uvicorn, vLLM: 5 s) would close them.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.capacity(), keepalive_expiry=3),
-            headers=headers,
-            trust_env=False,
-        )
-        await self.check_backends()
-        self._health = asyncio.create_task(self._health_loop())
+        timeout = httpx.Timeout(None, connect=self.settings.remote_connect_timeout_s)
+        return httpx.AsyncClient(timeout=timeout, headers=headers, trust_env=False, **kw)
+
+    @asynccontextmanager
+    async def connection(self, b: Backend) -> AsyncIterator[httpx.AsyncClient]:
+        """The client that a page to `b` goes through (the managed child: a lane to its least busy API process)."""
+        assert self._client is not None
+        yield self._client
 
     async def stop(self) -> None:
         await super().stop()
@@ -325,11 +331,11 @@ class RemoteEngine(OCREngine):
         return chat_body(req, b.model or self.model_name, image_url, stream=stream, max_model_len=b.max_model_len)
 
     async def _call(self, b: Backend, req: OCRRequest, image_url: str) -> OCRResult:
-        assert self._client is not None
         body = self._body(b, req, image_url, stream=False)
         t0 = time.perf_counter()
         try:
-            r = await self._client.post(f"{b.url}/v1/chat/completions", json=body)
+            async with self.connection(b) as client:
+                r = await client.post(f"{b.url}/v1/chat/completions", json=body)
         except httpx.TransportError as e:
             raise self._transport_failed(b, e) from e
         self._check_status(b, r.status_code, r.content)
@@ -377,14 +383,16 @@ class RemoteEngine(OCREngine):
                     self._release(b)
 
     async def _stream_from(self, b: Backend, req: OCRRequest, image_url: str) -> AsyncIterator[str | OCRResult]:
-        assert self._client is not None
         body = self._body(b, req, image_url, stream=True)
         t0 = time.perf_counter()
         pieces: list[str] = []
         usage: dict = {}
         finish = None
         try:
-            async with self._client.stream("POST", f"{b.url}/v1/chat/completions", json=body) as r:
+            async with (
+                self.connection(b) as client,
+                client.stream("POST", f"{b.url}/v1/chat/completions", json=body) as r,
+            ):
                 if r.status_code >= 400:
                     self._check_status(b, r.status_code, await r.aread())
                 async for line in r.aiter_lines():

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -36,6 +37,7 @@ import httpx
 
 from config import Settings
 from deepseek_ocr import EngineUnavailable, OCRRequest, OCRResult
+from engines.api_lanes import Lanes
 from engines.remote_engine import Backend, BackendFailed, RemoteEngine
 from engines.vllm_engine import FAMILIES, FAMILY_MODES, engine_args, from_cores, model_env, tuned_moe_folder
 from errors import InputError
@@ -61,6 +63,8 @@ HEALTH_POLL_S = 0.5
 # its EngineCore died (it waits for its API servers), answering 500 or resetting connections meanwhile.
 DEATH_WAIT_S = 10.0
 STOP_GRACE_S = 30.0
+SERVED_BY_MIDDLEWARE = "engines.vllm_served_by.ServedBy"
+KEEP_ALIVE_S = 86400  # the child's keep-alive for idle connections (vLLM's default: 5 s)
 
 
 def engine_flags(kw: dict) -> list[str]:
@@ -99,14 +103,17 @@ def serve_argv(settings: Settings, port: int, template_path: Path | str) -> list
         *engine_flags(kw),
         "--chat-template", str(template_path), "--chat-template-content-format", "string",
         "--disable-uvicorn-access-log",  # this service logs each request; the child's log keeps vLLM's own lines
+        "--middleware", SERVED_BY_MIDDLEWARE,  # each API process names itself: pages go to the least busy
         *shlex.split(settings.vllm_serve_args),
     ]  # fmt: skip
 
 
 def serve_env(base: Mapping[str, str]) -> dict[str, str]:
-    """The child's environment: the repo importable (guard, plugin), the tuned MoE configs if any."""
+    """The child's environment: the repo importable (guard, plugin, middleware), the tuned MoE configs if any,
+    idle connections kept (the lanes to its API processes stay where they were placed)."""
     env = dict(base)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), base.get("PYTHONPATH", "")) if p)
+    env.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", str(KEEP_ALIVE_S))
     if folder := tuned_moe_folder():
         env.setdefault("VLLM_TUNED_CONFIG_FOLDER", folder)
     return env
@@ -179,6 +186,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
         self.port: int | None = None
         self.log_path: Path | None = None
         self.start_seconds: float | None = None
+        self.lanes: Lanes | None = None  # with 2+ API servers: connections by API process (engines/api_lanes.py)
         if family := model_family(settings.model_path):
             self.modes, self.token_strategy = FAMILY_MODES[family]
 
@@ -213,9 +221,22 @@ class ManagedVLLMServeEngine(RemoteEngine):
         log.info("vllm serve (pid %d) answers on port %d after %.1f s", self._proc.pid, self.port, self.start_seconds)
         self.backends[0].url = f"http://127.0.0.1:{self.port}"
         self._serving = True
+        if (servers := api_servers(self.settings)) > 1:
+            await self._warm_lanes(servers)  # before it is ready: the first pages already spread
         await super().start()
         if self._exit_reason and self._health:  # it died while we connected
             self._health.cancel()
+
+    async def _warm_lanes(self, servers: int) -> None:
+        """A share of lanes for each API process; without lanes, pages share one pool (whoever accepts)."""
+        lanes = Lanes(self.make_client)
+        try:
+            await lanes.warm(f"{self.backends[0].url}/health", servers, math.ceil(self.capacity() / servers))
+        except Exception:
+            log.exception("could not open lanes to the API processes: pages share one connection pool")
+            await lanes.aclose()
+            return
+        self.lanes = lanes
 
     async def _spawn(self, t0: float) -> str | None:
         """Start the child and wait for its /health: None once it answers, else why not."""
@@ -293,6 +314,8 @@ class ManagedVLLMServeEngine(RemoteEngine):
     async def stop(self) -> None:
         self._stopping = True
         await super().stop()
+        if self.lanes:
+            await self.lanes.aclose()
         await self._terminate(STOP_GRACE_S)
 
     # --- the remote engine's view of its one backend -----------------------------------------
@@ -304,6 +327,15 @@ class ManagedVLLMServeEngine(RemoteEngine):
 
     def _unavailable(self) -> EngineUnavailable:
         return EngineUnavailable(f"the vllm engine is not available: {self._exit_reason}")
+
+    @contextlib.asynccontextmanager
+    async def connection(self, b: Backend) -> AsyncIterator[httpx.AsyncClient]:
+        if self.lanes is None:
+            async with super().connection(b) as client:
+                yield client
+            return
+        async with self.lanes.take() as client:
+            yield client
 
     async def _acquire(self, tried: list[BackendFailed]) -> Backend:
         if self._exit_reason:
@@ -337,6 +369,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
             **super().info(),
             "shape": "vllm serve (managed)",
             "api_servers": api_servers(self.settings),
+            **({"api_processes": self.lanes.info()} if self.lanes else {}),
             "port": self.port,
             "pid": self._proc.pid if self._proc else None,
             "log": str(self.log_path) if self.log_path else None,

@@ -63,7 +63,7 @@ def test_serve_argv_is_the_in_process_engine_with_n_api_servers():
         "--logits-processors", "engines.vllm_ngram:BatchedNGramLogitsProcessor",
         "--compilation-config", '{"cudagraph_mm_encoder": false}',
         "--chat-template", "/data/vllm_serve/chat_template.jinja", "--chat-template-content-format", "string",
-        "--disable-uvicorn-access-log",
+        "--disable-uvicorn-access-log", "--middleware", "engines.vllm_served_by.ServedBy",
     ]  # fmt: skip
     # Every engine argument of the in-process engine is on it, but the renderer threads (the API servers replace them).
     for key, value in engine_args(s, "p").items():
@@ -101,6 +101,9 @@ def test_serve_env_makes_the_repo_importable(monkeypatch, tmp_path):
     env = serve_env({"PYTHONPATH": "/opt/x", "HOME": "/root"})
     assert env["PYTHONPATH"] == f"{ROOT}{os.pathsep}/opt/x" and env["HOME"] == "/root"
     assert "VLLM_TUNED_CONFIG_FOLDER" not in env and serve_env({})["PYTHONPATH"] == str(ROOT)
+    # idle lanes to the API processes stay open (vLLM closes idle connections after 5 s by default)
+    assert int(env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"]) >= 3600
+    assert serve_env({"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "9"})["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "9"
     monkeypatch.setattr(vllm_serve_engine, "tuned_moe_folder", lambda: str(tmp_path))
     assert serve_env({})["VLLM_TUNED_CONFIG_FOLDER"] == str(tmp_path)
     assert serve_env({"VLLM_TUNED_CONFIG_FOLDER": "/mine"})["VLLM_TUNED_CONFIG_FOLDER"] == "/mine"
