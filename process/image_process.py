@@ -169,7 +169,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         bg = Image.new("RGB", rgba.size, "white")  # transparent areas become paper, not black
         bg.paste(rgba, mask=rgba.getchannel("A"))
         return bg
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # an RGB page is not copied
 
 
 def load_image(data: bytes, max_pixels: int, *, frame: int = 0) -> tuple[Image.Image, dict]:
@@ -215,15 +215,12 @@ def _decode(data: bytes, max_pixels: int, frame: int) -> tuple[Image.Image, dict
             if frame:
                 img.seek(min(frame, frames - 1))
             img.load()
+            upright = img.getexif().get(ExifTags.Base.Orientation, 1) == 1
             # Nothing below changes it: one RGB frame (no transparency key), no EXIF turn.
-            faithful = (
-                fmt in SOURCE_MIME
-                and frames == 1
-                and img.mode == "RGB"
-                and "transparency" not in img.info
-                and img.getexif().get(ExifTags.Base.Orientation, 1) == 1
-            )
-            img = ImageOps.exif_transpose(img)
+            faithful = fmt in SOURCE_MIME and frames == 1 and img.mode == "RGB" and "transparency" not in img.info
+            faithful = faithful and upright
+            if not upright:
+                img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
     except InputError:
         raise
