@@ -10,7 +10,8 @@ POST /generate with the repetition guard on, ignore_eos and a fixed max_tokens. 
               in-process engine's usage.timings), vLLM's mean time before its engine queue (from its histograms:
               input processing, also inside a managed `vllm serve`), nvidia-smi's GPU busy %, the CPU seconds
               of each process (API servers, EngineCore, this service) and the host's busy share, the client
-              connections each API server holds 2 s in; with --profile-s, py-spy samples a process's GIL during
+              connections each API server holds 2 s in, a timeline of the pages held by this service and
+              vLLM's running/waiting counts in the first 12 s; with --profile-s, py-spy samples a process's GIL during
               the first pass (--profile-target: this service, an API server, the EngineCore)
   soak        --soak-requests requests, --soak-concurrency at a time, 10% of clients leave early: status
               counts, vLLM's running requests and KV-cache use afterwards, API-process RSS start/end
@@ -32,6 +33,7 @@ import random
 import re
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -190,6 +192,30 @@ def vllm_front(before: dict[str, float], after: dict[str, float]) -> dict:
             "vllm_queue_mean_s": round(mean["request_queue_time"], 3)}  # fmt: skip
 
 
+TIMELINE_S = (0.5, 1, 2, 3, 4, 6, 8, 12)
+
+
+def timeline(base: str, metrics_url: str, out: list) -> threading.Thread:
+    """Samples, TIMELINE_S after now, [t, pages the service's engine holds, vLLM running, vLLM waiting]: how
+    fast pages reach vLLM's engine under a burst."""
+    t0 = time.perf_counter()
+
+    def run() -> None:
+        for at in TIMELINE_S:
+            time.sleep(max(0.0, at - (time.perf_counter() - t0)))
+            try:
+                held = httpx.get(f"{base}/", timeout=2).json()["engine"]["in_flight"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                held = None
+            text = scrape(metrics_url)
+            running, waiting = (metric(text, f"vllm:num_requests_{k}") for k in ("running", "waiting"))
+            out.append([at, held, running, waiting])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def profiled_pid(pid: int, target: str) -> int:
     """The process --profile-target names: this service ("front"), or its vLLM child's first API server or
     EngineCore (the service itself when there is no such child)."""
@@ -210,12 +236,15 @@ def phase_burst(
         # GIL holders in this service; every busy thread in vLLM's (its image work releases the GIL)
         gil = profile_target == "front"
         spy = start_profile(profiled_pid(pid, profile_target), profile_s, 3, prof, gil) if profile_s and not i else None
-        before = vllm_time_sums(metrics_url)
+        before, samples = vllm_time_sums(metrics_url), []
         with GpuBusy() as busy, CpuSplit(pid, serve_port) as cpu:
+            sampler = timeline(base, metrics_url, samples)
             dt, outs = asyncio.run(send_all(base, [{**body, "image_base64": b} for b in pngs]))
+        sampler.join(timeout=15)
         front = vllm_front(before, vllm_time_sums(metrics_url))
         rate(f"service-http-{label}", pages, dt, outs, pass_no=i, gpu_busy_mean_pct=busy.mean, **front,
-             **cpu.summary())  # fmt: skip
+             **cpu.summary(), timeline=samples)  # fmt: skip
+        print("ENGINE", json.dumps(httpx.get(f"{base}/").json()["engine"].get("api_processes")), flush=True)
         if spy is not None:
             spy.wait(timeout=profile_s + 30)
             print(report(prof, 100, profile_s), flush=True)
