@@ -68,10 +68,10 @@ class Settings(BaseSettings):
     )  # fmt: skip
     vllm_api_servers: int = Field(
         -1, ge=-1, le=64,
-        description="-1: `vllm serve` with min(8, CPU cores / 2) API servers on a machine with 4 or more cores, "
-        "else vLLM in this process; 0: vLLM in this process (one AsyncLLM); N: `vllm serve` with N API servers as "
-        "a child process this service manages (same engine arguments, plugin and guard), so input processing "
-        "scales with cores (bench/RESULTS.md: 0.88x the engine alone vs 0.69x in-process on one H100)",
+        description="-1: `vllm serve` with all CPU cores but two (at most 16) as API servers on a machine with 4 "
+        "or more cores, else vLLM in this process; 0: vLLM in this process (one AsyncLLM); N: `vllm serve` with N "
+        "API servers as a child process this service manages (same engine arguments, plugin and guard), so input "
+        "processing scales with cores (bench/RESULTS.md: 0.79-0.88x the engine alone vs 0.69x in-process on one H100)",
     )  # fmt: skip
     vllm_serve_port: int = Field(0, ge=0, le=65535, description="loopback port of that `vllm serve` (0: a free one)")
     vllm_serve_args: str = Field(

@@ -3,7 +3,7 @@
 #   bash bench/gpu_run.sh check     # every route through vLLM (dummy weights)
 #   bash bench/gpu_run.sh check2    # the same with DeepSeek-OCR-2
 #   bash bench/gpu_run.sh service   # the service: modes token check, per-mode rates, 256-page burst, soak, engine death
-#                                   # (defaults: managed `vllm serve`, 8 API servers on 16 cores; in process:
+#                                   # (defaults: managed `vllm serve`, 14 API servers on 16 cores; in process:
 #                                   # EXTRA="--extra-env VLLM_API_SERVERS=0")
 #   bash bench/gpu_run.sh engine    # naive path (vLLM guard, serial preprocessing); engine alone with our guard
 #                                   # (a one-token fill pass, then preprocessing cached; NOGUARD=1: also without it)

@@ -112,12 +112,15 @@ def parallel_plan_error(settings: Settings, gpus: int) -> str | None:
     )
 
 
-def from_cores(setting: int, cores: int | None = None) -> int:
-    """A process-count setting: as given, or for -1 half the cores (at most 8; none below 4 cores)."""
+def from_cores(setting: int, cores: int | None = None, *, leave: int | None = None) -> int:
+    """A process-count setting: as given, or for -1 from the cores (none below 4 cores): half of them, at most 8,
+    or with `leave` all but that many, at most 16."""
     if setting >= 0:
         return setting
     cores = cores or os.cpu_count() or 1
-    return 0 if cores < 4 else min(8, cores // 2)
+    if cores < 4:
+        return 0
+    return min(8, cores // 2) if leave is None else min(16, cores - leave)
 
 
 def preprocess_processes(settings: Settings, cores: int | None = None) -> int:

@@ -136,11 +136,11 @@ def test_factory_builds_the_managed_engine_for_vllm_api_servers(tmp_path):
 
 
 def test_api_servers_by_default_follow_the_cores():
-    """VLLM_API_SERVERS=-1 (default): `vllm serve` with half the cores as API servers (at most 8) on a machine
-    with 4 or more cores, where it measured faster than vLLM in this process; in this process below that."""
+    """VLLM_API_SERVERS=-1 (default): `vllm serve` with all cores but two as API servers (at most 16) on a
+    machine with 4 or more cores, where it measured faster than vLLM in this process; in this process below."""
     auto = Settings(_env_file=None)
     assert auto.vllm_api_servers == -1
-    assert [api_servers(auto, cores) for cores in (1, 2, 3, 4, 6, 16, 64)] == [0, 0, 0, 2, 3, 8, 8]
+    assert [api_servers(auto, cores) for cores in (1, 2, 3, 4, 6, 16, 64)] == [0, 0, 0, 2, 4, 14, 16]
     assert api_servers(Settings(_env_file=None, vllm_api_servers=0), 64) == 0
     assert api_servers(Settings(_env_file=None, vllm_api_servers=3), 2) == 3
     argv = serve_argv(Settings(_env_file=None, vllm_api_servers=-1), 8000, "/tmp/t.jinja")
