@@ -232,9 +232,8 @@ def phase_burst(
     pngs = [b64(synthetic_page(p)) for p in range(pages)]
     body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True, "mode": "gundam"}
     prof = Path(os.environ.get("OUT", tempfile.gettempdir())) / f"pyspy_{label}_{profile_target}.txt"
+    gil = profile_target == "front"  # GIL holders in this service; every busy thread in vLLM's (PIL releases it)
     for i in range(passes):
-        # GIL holders in this service; every busy thread in vLLM's (its image work releases the GIL)
-        gil = profile_target == "front"
         spy = start_profile(profiled_pid(pid, profile_target), profile_s, 3, prof, gil) if profile_s and not i else None
         before, samples = vllm_time_sums(metrics_url), []
         with GpuBusy() as busy, CpuSplit(pid, serve_port) as cpu:
@@ -247,7 +246,7 @@ def phase_burst(
         print("ENGINE", json.dumps(httpx.get(f"{base}/").json()["engine"].get("api_processes")), flush=True)
         if spy is not None:
             spy.wait(timeout=profile_s + 30)
-            print(report(prof, 100, profile_s), flush=True)
+            print(report(prof, 100, profile_s, gil=gil), flush=True)
 
 
 def rss_mb(pid: int) -> float:

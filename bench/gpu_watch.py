@@ -75,6 +75,11 @@ def process_label(proc) -> str:
     return title.split("::", 1)[1].split()[0] if title.startswith("VLLM::") else f"pid {proc.pid}"
 
 
+def _busy(t) -> float:
+    """Busy seconds in psutil.cpu_times(): all but idle and waiting for I/O."""
+    return sum(t) - t.idle - t.iowait
+
+
 class CpuSplit:
     """`with CpuSplit(parent, port) as c: ...` then c.summary(): the CPU seconds the parent and each of its
     descendants used in the block (API servers sorted, most first), the host's busy share, and how many
@@ -103,14 +108,15 @@ class CpuSplit:
         return out
 
     def _count_connections(self) -> None:
+        import psutil
+
         counts = []
-        for p in self._procs():
-            if process_label(p).startswith("APIServer"):
-                try:
-                    conns = p.net_connections(kind="tcp")
-                except Exception:
-                    continue
-                counts.append(sum(c.status == "ESTABLISHED" and c.laddr.port == self.port for c in conns))
+        for pid in titled_pids(self.parent, "APIServer"):
+            try:
+                conns = psutil.Process(pid).net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            counts.append(sum(c.status == "ESTABLISHED" and c.laddr.port == self.port for c in conns))
         self.spread = sorted(counts, reverse=True)
 
     def __enter__(self) -> CpuSplit:
@@ -131,8 +137,7 @@ class CpuSplit:
         if self._timer is not None:
             self._timer.join()
         self.seconds = {k: round(v - self._before.get(k, 0.0), 1) for k, v in after.items()}
-        busy = sum(host) - host.idle - host.iowait - (sum(self._host_before) - self._host_before.idle
-                                                     - self._host_before.iowait)  # fmt: skip
+        busy = _busy(host) - _busy(self._host_before)
         self.host_busy_pct = round(100 * busy / max(1e-9, sum(host) - sum(self._host_before)), 1)
 
     def summary(self) -> dict:

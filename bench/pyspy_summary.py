@@ -52,11 +52,14 @@ def summarize(lines: list[str]) -> tuple[int, Counter, Counter]:
     return total, inclusive, own
 
 
-def report(path: Path, rate: float, duration: float, top: int = 25) -> str:
+def report(path: Path, rate: float, duration: float, top: int = 25, gil: bool = True) -> str:
+    """The top frames of a raw py-spy profile; `gil`: it sampled GIL holders only (else every busy thread, whose
+    share of the window is in cores, not of one GIL)."""
     total, inclusive, own = summarize(path.read_text().splitlines())
     if not total:
         return f"{path}: no samples"
-    out = [f"{total} samples; GIL held {total / (rate * duration):.0%} of the {duration:.0f} s (rate {rate:.0f}/s)"]
+    held = "GIL held" if gil else "busy threads, in cores,"
+    out = [f"{total} samples; {held} {total / (rate * duration):.0%} of the {duration:.0f} s (rate {rate:.0f}/s)"]
     for title, counter in (("inclusive", inclusive), ("self", own)):
         out.append(f"-- top {top} {title}")
         rows = [(name, n) for name, n in counter.most_common() if not any(p in name for p in PLUMBING)][:top]

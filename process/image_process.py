@@ -217,8 +217,9 @@ def _decode(data: bytes, max_pixels: int, frame: int) -> tuple[Image.Image, dict
             img.load()
             upright = img.getexif().get(ExifTags.Base.Orientation, 1) == 1
             # Nothing below changes it: one RGB frame (no transparency key), no EXIF turn.
-            faithful = fmt in SOURCE_MIME and frames == 1 and img.mode == "RGB" and "transparency" not in img.info
-            faithful = faithful and upright
+            faithful = (
+                upright and fmt in SOURCE_MIME and frames == 1 and img.mode == "RGB" and "transparency" not in img.info
+            )
             if not upright:
                 img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
