@@ -104,7 +104,9 @@ class Lanes:
                 else:
                     kept.append(lane)
             if not any(lane.server for lane in new):
-                log.info("%s names no process (%s header): lanes are made as pages need them", url, SERVED_BY)
+                failed = sum(isinstance(a, BaseException) for a in answers)
+                why = f"{failed} of {len(new)} GETs failed" if failed else f"no {SERVED_BY} header"
+                log.info("%s names no process (%s): lanes are made as pages need them", url, why)
                 break
             if self.counts() == have:  # this wave found nothing new: let the other processes come up
                 await asyncio.sleep(0.05)
