@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         description="vLLM's processor hands page views to the engine as uint8 and the GPU maps them to the float "
         "values (bit-identical inputs; engines/vllm_pixels.py): 0.63-0.68x the processor time, half the bytes",
     )
+    device_views: bool = Field(
+        False,
+        description="opt-in: vLLM's DeepSeek-OCR processor sends each page's pixels and the GPU cuts and resizes "
+        "the views (Pillow's arithmetic, bit-identical; engines/vllm_views.py) instead of Pillow in vLLM's API "
+        "processes. DeepSeek-OCR only (OCR-2 keeps the processor's views)",
+    )
     encoder_cudagraph: bool = Field(
         False,
         description="opt-in: vLLM's CUDA graphs for DeepSeek-OCR's vision encoder (cudagraph_mm_encoder; Gundam-sized "

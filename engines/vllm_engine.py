@@ -67,6 +67,7 @@ def model_env(settings: Settings) -> dict[str, str]:
     return {
         "BATCHED_ENCODER": "1" if settings.batched_encoder else "0",
         "UINT8_PIXELS": "1" if settings.uint8_pixels else "0",
+        "DEVICE_VIEWS": "1" if settings.device_views else "0",
     }
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import torch
+from transformers import BatchFeature
 from vllm.model_executor.models.deepseek_ocr import (
     DeepseekOCRDummyInputsBuilder,
     DeepseekOCRForCausalLM,
@@ -42,10 +43,18 @@ from vllm.transformers_utils.processors.deepseek_ocr import (
     count_tiles,
 )
 
-from engines import vllm_encoder, vllm_pixels
+from engines import vllm_encoder, vllm_pixels, vllm_views
 
 PATCH_SIZE = 16
 DOWNSAMPLE_RATIO = 4
+
+
+def tile_grid(width: int, height: int, *, image_size: int, cropping: bool, max_crops: int) -> tuple[int, int]:
+    """The tile grid (w, h) DeepseekOCRProcessor.tokenize_with_images puts in images_spatial_crop."""
+    if cropping and (width > image_size or height > image_size):
+        tiles_w, tiles_h = count_tiles(width, height, MIN_CROPS, max_crops, image_size=image_size)
+        return int(tiles_w), int(tiles_h)
+    return 1, 1
 
 
 def image_token_count(
@@ -53,10 +62,7 @@ def image_token_count(
 ) -> int:
     """Image tokens DeepseekOCRProcessor.tokenize_with_images emits for one image (v1: DeepSeek-OCR,
     v2: DeepSeek-OCR-2). Must equal the processor's own expansion, or vLLM reports a placeholder mismatch."""
-    if cropping and (width > image_size or height > image_size):
-        tiles_w, tiles_h = count_tiles(width, height, MIN_CROPS, max_crops, image_size=image_size)
-    else:
-        tiles_w, tiles_h = 1, 1
+    tiles_w, tiles_h = tile_grid(width, height, image_size=image_size, cropping=cropping, max_crops=max_crops)
     q_base = math.ceil(base_size // PATCH_SIZE / DOWNSAMPLE_RATIO)
     q_tile = math.ceil(image_size // PATCH_SIZE / DOWNSAMPLE_RATIO)
     tokens = (q_base * (q_base + 1) if strategy == "v1" else q_base * q_base) + 1
@@ -105,6 +111,35 @@ class _ModeAwareUpdates:
         return {**fields, "tile_size": MultiModalFieldConfig.batched("image", keep_on_cpu=True)}
 
 
+def pages_without_views(processor, prompt: str, images: Sequence, cropping: bool) -> BatchFeature:
+    """DEVICE_VIEWS (engines/vllm_views.py): what DeepseekOCRProcessor returns for `prompt` and `images`, but with
+    each page's uint8 pixels and its view plan where the processor would cut and resize the views in Pillow.
+    The token ids repeat tokenize_with_images: bos, then each text piece and the image's tokens, then the last
+    piece (the processor's eos is cut off again)."""
+    texts = prompt.split(processor.image_token)
+    if len(texts) != len(images) + 1:
+        raise ValueError(f"{len(texts) - 1} image placeholders for {len(images)} images")
+    size, base, crops = processor.image_size, processor.base_size, processor.max_crops
+    ids, grids = [processor.bos_id], []
+    for text, image in zip(texts, images, strict=False):
+        width, height = image.size
+        ids += processor.encode(text, bos=False, eos=False)
+        count = image_token_count(width, height, base_size=base, image_size=size, cropping=cropping,
+                                  max_crops=crops, strategy=processor.strategy)  # fmt: skip
+        ids += [processor.image_token_id] * count
+        grids.append(tile_grid(width, height, image_size=size, cropping=cropping, max_crops=crops))
+    ids += processor.encode(texts[-1], bos=False, eos=False)
+    pages = [vllm_pixels.to_uint8(image) for image in images]
+    n = len(pages)
+    return BatchFeature({
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        vllm_views.PAGE: torch.stack(pages) if len({p.shape for p in pages}) == 1 else pages,
+        vllm_views.PLAN: torch.tensor([[base, size, int(cropping)]] * n, dtype=torch.long),
+        "images_spatial_crop": torch.tensor(grids, dtype=torch.long).reshape(n, 2),
+        "tile_size": torch.full((n,), size, dtype=torch.long),
+    })  # fmt: skip
+
+
 class _Uint8Views:
     """Mixin for the processing infos: with UINT8_PIXELS the HF processor emits uint8 views
     (engines/vllm_pixels.py); the model classes below normalise them on the GPU."""
@@ -126,7 +161,18 @@ class OCR2Info(_Uint8Views, DeepseekOCR2ProcessingInfo):
 
 
 class ModeAwareOCRProcessor(_ModeAwareUpdates, DeepseekOCRMultiModalProcessor):
-    pass
+    def _call_hf_processor(self, prompt, mm_data, mm_kwargs, tok_kwargs):
+        if not (vllm_views.enabled() and mm_data.get("images")):
+            return super()._call_hf_processor(prompt, mm_data, mm_kwargs, tok_kwargs)
+        processor = self.info.get_hf_processor(**mm_kwargs)
+        return pages_without_views(processor, prompt, mm_data["images"], bool(mm_kwargs.get("crop_mode", CROP_MODE)))
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        if vllm_views.PAGE not in hf_inputs:
+            return fields
+        return {**fields, vllm_views.PAGE: MultiModalFieldConfig.batched("image"),
+                vllm_views.PLAN: MultiModalFieldConfig.batched("image", keep_on_cpu=True)}  # fmt: skip
 
 
 class ModeAwareOCR2Processor(_ModeAwareUpdates, DeepseekOCR2MultiModalProcessor):
@@ -148,7 +194,7 @@ class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
     bench/RESULTS.md). With ENCODER_CUDAGRAPH, vLLM's encoder CUDA graphs run Gundam-sized steps."""
 
     def embed_multimodal(self, **kwargs: object):
-        kwargs = vllm_pixels.normalise_inputs(kwargs, self.view_seperator.dtype)
+        kwargs = vllm_pixels.normalise_inputs(vllm_views.expand(kwargs), self.view_seperator.dtype)
         tile_sizes = kwargs.pop("tile_size", None)
         pixel_values, crops, grids = (kwargs.get(k) for k in ("pixel_values", "images_crop", "images_spatial_crop"))
         if pixel_values is None or crops is None or grids is None:
@@ -168,6 +214,7 @@ class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
     # indexes its per-batch token list by the image's index in the step.)
 
     def get_encoder_cudagraph_item_specs(self, mm_kwargs):
+        vllm_views.expand(mm_kwargs)  # the manager asks this first; its later calls see the views
         specs = super().get_encoder_cudagraph_item_specs(mm_kwargs)
         if _graph_sized(mm_kwargs):
             return specs
@@ -176,6 +223,7 @@ class DeepseekOCRModesForCausalLM(DeepseekOCRForCausalLM):
                 for s in specs]  # fmt: skip
 
     def select_encoder_cudagraph_items(self, mm_kwargs, indices):
+        vllm_views.expand(mm_kwargs)
         if _graph_sized(mm_kwargs):
             selected = super().select_encoder_cudagraph_items(mm_kwargs, indices)
         else:  # one image (see above), from lists or padded tiles

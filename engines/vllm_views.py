@@ -1,0 +1,81 @@
+"""DEVICE_VIEWS: a page's views (global view and tiles) cut on the GPU, not in vLLM's API processes.
+
+vLLM 0.26's DeepSeek-OCR processor resizes every page twice in Pillow (the tile grid and the padded global view):
+40% of an API process's time under the 256-page burst on an H100 (py-spy, bench/RESULTS.md). With DEVICE_VIEWS the
+mode-aware processor (engines/vllm_modes.py) sends the page itself as uint8 pixels with its plan (tile grid, view
+and tile size, crop mode) and the model class makes the views on the GPU with process/pil_resize.py, Pillow's
+arithmetic bit for bit, so the encoder sees the bytes the processor would have made (then engines/vllm_pixels.py
+normalises them, as with UINT8_PIXELS). `expand` turns the step's pages into the kwargs vLLM's own processor
+would have produced, so everything after it (encoder CUDA graphs, mixed modes) is unchanged.
+Needs torch only (tested in CI without vLLM: tests/test_vllm_views.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from process.pil_resize import pad, resize
+
+PAGE = "page"  # the field with each page's uint8 [3, H, W] pixels
+PLAN = "view_plan"  # per page: (base_size, image_size, crop_mode)
+PAD_COLOR = (127, 127, 127)  # the processor's pad colour: int(0.5 * 255) per channel (mean 0.5)
+
+
+def enabled() -> bool:
+    """Whether the processor sends pages instead of views (DEVICE_VIEWS, set by the engine for vLLM's processes)."""
+    return os.environ.get("DEVICE_VIEWS", "0") == "1"
+
+
+def page_views(
+    page: torch.Tensor, base_size: int, image_size: int, cropping: bool, grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepseekOCRProcessor.tokenize_with_images's views of one page: the global view [3, B, B] and the tiles
+    [n, 3, S, S] (n = 0 unless the grid has more than one tile), as uint8, on the page's device."""
+    width, height = page.shape[-1], page.shape[-2]
+    tiles_w, tiles_h = grid
+    tiles = page.new_empty((0, 3, image_size, image_size))
+    small = width <= image_size and height <= image_size
+    if cropping and not small and (tiles_w > 1 or tiles_h > 1):
+        grid_px = resize(page, (image_size * tiles_w, image_size * tiles_h))
+        rows = grid_px.unflatten(-2, (tiles_h, image_size)).unflatten(-1, (tiles_w, image_size))  # 3,th,S,tw,S
+        tiles = rows.permute(1, 3, 0, 2, 4).reshape(tiles_h * tiles_w, 3, image_size, image_size)  # row-major
+    view = page if cropping else resize(page, (image_size, image_size))
+    return pad(view, (base_size, base_size), PAD_COLOR), tiles
+
+
+def _rows(values: torch.Tensor | Sequence) -> list[list[int]]:
+    if isinstance(values, torch.Tensor):
+        return [[int(v) for v in row] for row in values.reshape(len(values), -1).tolist()]
+    return [[int(v) for v in torch.as_tensor(row).reshape(-1).tolist()] for row in values]
+
+
+def expand(kwargs: dict[str, object]) -> dict[str, object]:
+    """The step's kwargs with `page` + `view_plan` replaced by vLLM's `pixel_values` (stacked when every view has
+    one size, else a list) and `images_crop` (every tile in order, zero-padded at the bottom right to the step's
+    largest tile size when sizes differ, as vLLM batches them). Changes `kwargs` in place (vLLM's encoder CUDA
+    graph manager asks the model about one dict several times) and returns it; kwargs without pages pass."""
+    if PAGE not in kwargs:
+        return kwargs
+    pages = kwargs.pop(PAGE)
+    plans = _rows(kwargs.pop(PLAN))
+    grids = _rows(kwargs["images_spatial_crop"])  # type: ignore[arg-type]
+    pages = list(pages.unbind(0)) if isinstance(pages, torch.Tensor) else list(pages)  # type: ignore[arg-type]
+    views, tiles = [], []
+    for page, (base, size, crop), grid in zip(pages, plans, grids, strict=True):
+        view, page_tiles = page_views(page, base, size, bool(crop), (grid[0], grid[1]))
+        views.append(view)
+        tiles.append(page_tiles)
+    kwargs["pixel_values"] = torch.stack(views) if len({v.shape for v in views}) == 1 else views
+    largest = max(plan[1] for plan in plans)
+    padded = [t if t.shape[-1] == largest else _pad_tiles(t, largest) for t in tiles]
+    kwargs["images_crop"] = torch.cat(padded) if padded else pages[0].new_empty((0, 3, largest, largest))
+    return kwargs
+
+
+def _pad_tiles(tiles: torch.Tensor, size: int) -> torch.Tensor:
+    out = tiles.new_zeros((tiles.shape[0], 3, size, size))
+    out[..., : tiles.shape[-2], : tiles.shape[-1]] = tiles
+    return out
