@@ -53,10 +53,11 @@ class Settings(BaseSettings):
         "values (bit-identical inputs; engines/vllm_pixels.py): 0.63-0.68x the processor time, half the bytes",
     )
     device_views: bool = Field(
-        False,
-        description="opt-in: vLLM's DeepSeek-OCR processor sends each page's pixels and the GPU cuts and resizes "
-        "the views (Pillow's arithmetic, bit-identical; engines/vllm_views.py) instead of Pillow in vLLM's API "
-        "processes. DeepSeek-OCR only (OCR-2 keeps the processor's views)",
+        True,
+        description="vLLM's DeepSeek-OCR processor sends each page's pixels and the GPU cuts and resizes the views "
+        "(Pillow's arithmetic, bit-identical; engines/vllm_views.py) instead of Pillow in vLLM's API processes: "
+        "half their CPU per page, 1.01-1.22x end to end on an H100 (bench/RESULTS.md). DeepSeek-OCR only (OCR-2 "
+        "keeps the processor's views)",
     )
     encoder_cudagraph: bool = Field(
         False,

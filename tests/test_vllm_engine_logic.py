@@ -89,7 +89,7 @@ def test_base_size_image_size_crop_mode_set_the_default_mode():
 
 
 def test_model_switches_reach_vllms_processes_by_environment():
-    assert model_env(Settings(_env_file=None, batched_encoder=False, uint8_pixels=False)) == {
+    assert model_env(Settings(_env_file=None, batched_encoder=False, uint8_pixels=False, device_views=False)) == {
         "BATCHED_ENCODER": "0", "UINT8_PIXELS": "0", "DEVICE_VIEWS": "0"
     }  # fmt: skip
     assert model_env(Settings(_env_file=None, batched_encoder=True, uint8_pixels=True, device_views=True)) == {
@@ -97,6 +97,7 @@ def test_model_switches_reach_vllms_processes_by_environment():
     }  # fmt: skip
     assert Settings(_env_file=None).batched_encoder is False  # measured slower: opt-in
     assert Settings(_env_file=None).uint8_pixels is True  # bit-identical inputs, measured faster: on by default
+    assert Settings(_env_file=None).device_views is True  # bit-identical views, measured faster: on by default
 
 
 def test_encoder_cuda_graphs_are_a_compilation_option():
