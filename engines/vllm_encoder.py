@@ -72,7 +72,7 @@ def split_items(
 ) -> list[Item]:
     """Per-image pieces from vLLM's batched kwargs (stacked tensors, per-image lists, or tiles zero-padded to the
     step's largest tile size, cut back to each image's `tile_sizes`)."""
-    grids = [tuple(int(v) for v in g) for g in _rows(images_spatial_crop)]  # one host read for the step
+    grids = [tuple(int(v) for v in g) for g in int_rows(images_spatial_crop)]  # one host read for the step
     views = list(pixel_values) if not isinstance(pixel_values, torch.Tensor) else list(pixel_values.unbind(0))
     counts = [_tile_count(g) for g in grids]  # type: ignore[arg-type]
     if isinstance(images_crop, torch.Tensor):
@@ -101,7 +101,7 @@ def mixed(
     sizes, width = _ints(tile_sizes), images_crop.shape[-1]
     if all(s == width for s in sizes):  # the usual step: no need to read the grids from the device
         return False
-    tiled = [_tile_count(tuple(g)) > 0 for g in _rows(images_spatial_crop)]  # type: ignore[arg-type]
+    tiled = [_tile_count(tuple(g)) > 0 for g in int_rows(images_spatial_crop)]  # type: ignore[arg-type]
     return any(t and s != width for t, s in zip(tiled, sizes, strict=True))
 
 
@@ -118,10 +118,12 @@ def _ints(values: torch.Tensor | Sequence[int]) -> list[int]:
     return [int(v) for v in (values.reshape(-1).tolist() if isinstance(values, torch.Tensor) else values)]
 
 
-def _rows(spatial: torch.Tensor | Sequence[torch.Tensor]) -> list[list[int]]:
-    if isinstance(spatial, torch.Tensor):
-        return spatial.reshape(-1, 2).tolist()
-    return [torch.as_tensor(s).reshape(2).tolist() for s in spatial]
+def int_rows(values: torch.Tensor | Sequence[torch.Tensor], width: int = 2) -> list[list[int]]:
+    """Per-image rows of a batched field (a [n, width] tensor or one row per image) as Python ints: one host
+    read for the step (tile grids, engines/vllm_views.py's view plans)."""
+    if isinstance(values, torch.Tensor):
+        return values.reshape(-1, width).tolist()
+    return [torch.as_tensor(v).reshape(width).tolist() for v in values]
 
 
 def _empty_tiles(counts: list[int]) -> list[torch.Tensor]:

@@ -13,10 +13,10 @@ Needs torch only (tested in CI without vLLM: tests/test_vllm_views.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import torch
 
+from engines.vllm_encoder import int_rows
 from process.pil_resize import pad, resize
 
 PAGE = "page"  # the field with each page's uint8 [3, H, W] pixels
@@ -33,23 +33,16 @@ def page_views(
     page: torch.Tensor, base_size: int, image_size: int, cropping: bool, grid: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepseekOCRProcessor.tokenize_with_images's views of one page: the global view [3, B, B] and the tiles
-    [n, 3, S, S] (n = 0 unless the grid has more than one tile), as uint8, on the page's device."""
-    width, height = page.shape[-1], page.shape[-2]
+    [n, 3, S, S] (n = 0 unless the grid has more than one tile), as uint8, on the page's device. `grid` is the
+    processor's images_spatial_crop: (1, 1) for a page within one tile and for modes without cropping."""
     tiles_w, tiles_h = grid
     tiles = page.new_empty((0, 3, image_size, image_size))
-    small = width <= image_size and height <= image_size
-    if cropping and not small and (tiles_w > 1 or tiles_h > 1):
+    if tiles_w > 1 or tiles_h > 1:
         grid_px = resize(page, (image_size * tiles_w, image_size * tiles_h))
         rows = grid_px.unflatten(-2, (tiles_h, image_size)).unflatten(-1, (tiles_w, image_size))  # 3,th,S,tw,S
         tiles = rows.permute(1, 3, 0, 2, 4).reshape(tiles_h * tiles_w, 3, image_size, image_size)  # row-major
     view = page if cropping else resize(page, (image_size, image_size))
     return pad(view, (base_size, base_size), PAD_COLOR), tiles
-
-
-def _rows(values: torch.Tensor | Sequence) -> list[list[int]]:
-    if isinstance(values, torch.Tensor):
-        return [[int(v) for v in row] for row in values.reshape(len(values), -1).tolist()]
-    return [[int(v) for v in torch.as_tensor(row).reshape(-1).tolist()] for row in values]
 
 
 def expand(kwargs: dict[str, object]) -> dict[str, object]:
@@ -60,8 +53,8 @@ def expand(kwargs: dict[str, object]) -> dict[str, object]:
     if PAGE not in kwargs:
         return kwargs
     pages = kwargs.pop(PAGE)
-    plans = _rows(kwargs.pop(PLAN))
-    grids = _rows(kwargs["images_spatial_crop"])  # type: ignore[arg-type]
+    plans = int_rows(kwargs.pop(PLAN), 3)  # type: ignore[arg-type]
+    grids = int_rows(kwargs["images_spatial_crop"])  # type: ignore[arg-type]
     pages = list(pages.unbind(0)) if isinstance(pages, torch.Tensor) else list(pages)  # type: ignore[arg-type]
     views, tiles = [], []
     for page, (base, size, crop), grid in zip(pages, plans, grids, strict=True):
@@ -71,7 +64,7 @@ def expand(kwargs: dict[str, object]) -> dict[str, object]:
     kwargs["pixel_values"] = torch.stack(views) if len({v.shape for v in views}) == 1 else views
     largest = max(plan[1] for plan in plans)
     padded = [t if t.shape[-1] == largest else _pad_tiles(t, largest) for t in tiles]
-    kwargs["images_crop"] = torch.cat(padded) if padded else pages[0].new_empty((0, 3, largest, largest))
+    kwargs["images_crop"] = torch.cat(padded)
     return kwargs
 
 

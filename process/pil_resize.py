@@ -59,10 +59,16 @@ def _coeffs(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return index, weight
 
 
+@functools.lru_cache(maxsize=64)
+def _coeffs_on(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """_coeffs on `device`, copied there once (not on every pass of every page)."""
+    index, weight = _coeffs(in_size, out_size)
+    return index.to(device), weight.to(device)
+
+
 def _resample(img: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
     """One 8bpc pass along dim (-1 horizontal, -2 vertical): clip8(2**21 + sum pixel * k) in exact int32 math."""
-    index, weight = _coeffs(img.shape[dim], out_size)
-    index, weight = index.to(img.device), weight.to(img.device)
+    index, weight = _coeffs_on(img.shape[dim], out_size, img.device)
     shape = [1] * img.dim()
     shape[dim] = out_size
     # Integer arithmetic, so the result is the same on every device and in any summation order (no TF32 or
