@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         "", description="more `vllm serve` flags for that child, shell-quoted (e.g. \"--mm-tensor-ipc torch_shm\"); "
         "they come last, so they win over the flags this service derives"
     )  # fmt: skip
+    vllm_page_files: bool = Field(
+        False,
+        description="pages reach that `vllm serve` as raw pixel files (PPM in /dev/shm, else under DATA_DIR) "
+        "instead of PNG data URLs, so its API processes do not decode every page again (engines/page_files.py)",
+    )
     vllm_serve_start_timeout_s: float = Field(
         900.0, gt=0, description="time that `vllm serve` has to answer /health (weights, compilation, CUDA graphs)"
     )

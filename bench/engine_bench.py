@@ -39,6 +39,24 @@ def page(p: int, w: int = 1240, h: int = 1754) -> Image.Image:
     return im
 
 
+def phase_means(outs: list) -> dict:
+    """Mean seconds per request in vLLM's engine queue, prefill and decode (its per-request stats, the ones
+    the service's /metrics histograms sum), and when the last page left the queue: the ramp of a burst."""
+    stats = [o.metrics for o in outs if getattr(o, "metrics", None) is not None and o.metrics.scheduled_ts]
+    if not stats:
+        return {}
+    n = len(stats)
+    t0 = min(s.queued_ts for s in stats)
+    return {
+        "vllm_queue_mean_s": round(sum(s.scheduled_ts - s.queued_ts for s in stats) / n, 3),
+        "vllm_prefill_mean_s": round(sum(s.first_token_ts - s.scheduled_ts for s in stats) / n, 3),
+        "vllm_decode_mean_s": round(sum(s.last_token_ts - s.first_token_ts for s in stats) / n, 3),
+        "vllm_ttft_mean_s": round(sum(s.first_token_latency for s in stats) / n, 3),
+        "last_scheduled_s": round(max(s.scheduled_ts for s in stats) - t0, 3),
+        "last_token_s": round(max(s.last_token_ts for s in stats) - t0, 3),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="/tmp/dsocr")
@@ -94,7 +112,7 @@ def main() -> None:
         max_model_len=8192, max_num_seqs=args.max_num_seqs, gpu_memory_utilization=0.9,
         kv_cache_dtype=args.kv_cache_dtype, logits_processors=procs,
         max_num_batched_tokens=args.max_num_batched_tokens,
-        compilation_config={"cudagraph_mm_encoder": args.encoder_cudagraph}, **extra,
+        compilation_config={"cudagraph_mm_encoder": args.encoder_cudagraph}, disable_log_stats=False, **extra,
     )  # fmt: skip
     print(f"engine up in {time.time() - t0:.1f} s (guard {args.guard})", flush=True)
     tag = args.tag or f"{args.guard}-u{int(vllm_pixels.enabled())}"
@@ -153,7 +171,8 @@ def main() -> None:
             "tuned_moe": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"), "guard_rule_violations": broken,
             "gpu_busy_mean_pct": busy.mean, "batched_encoder": os.environ.get("BATCHED_ENCODER", "0") == "1",
             "encoder_cudagraph": args.encoder_cudagraph, "max_num_batched_tokens": args.max_num_batched_tokens,
-            "uint8_pixels": vllm_pixels.enabled(),
+            "uint8_pixels": vllm_pixels.enabled(), "device_views": os.environ.get("DEVICE_VIEWS", "0") == "1",
+            **phase_means(outs),
         }), flush=True)  # fmt: skip
 
 

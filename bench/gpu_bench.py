@@ -154,7 +154,10 @@ def phase_mode_rates(base: str, modes: list[str], pages: int, out_tokens: int) -
             result(kind=f"mode-{mode}", error=str(e)[:300])
 
 
-VLLM_TIMES = ("e2e_request_latency", "request_queue_time", "request_inference_time", "time_to_first_token")
+VLLM_TIMES = (
+    "e2e_request_latency", "request_queue_time", "request_inference_time", "time_to_first_token",
+    "request_prefill_time", "request_decode_time",
+)  # fmt: skip
 
 
 def scrape(base: str) -> str:
@@ -189,10 +192,12 @@ def vllm_front(before: dict[str, float], after: dict[str, float]) -> dict:
     mean = {k: d[f"{k}_sum"] / n for k in VLLM_TIMES}
     front = mean["e2e_request_latency"] - mean["request_queue_time"] - mean["request_inference_time"]
     return {"vllm_front_mean_s": round(front, 3), "vllm_ttft_mean_s": round(mean["time_to_first_token"], 3),
-            "vllm_queue_mean_s": round(mean["request_queue_time"], 3)}  # fmt: skip
+            "vllm_queue_mean_s": round(mean["request_queue_time"], 3),
+            "vllm_prefill_mean_s": round(mean["request_prefill_time"], 3),
+            "vllm_decode_mean_s": round(mean["request_decode_time"], 3)}  # fmt: skip
 
 
-TIMELINE_S = (0.5, 1, 2, 3, 4, 6, 8, 12)
+TIMELINE_S = (0.5, 1, 2, 3, 4, 6, 8, 12, 16, 20, 24)
 
 
 def timeline(base: str, metrics_url: str, out: list) -> threading.Thread:

@@ -305,25 +305,30 @@ class RemoteEngine(OCREngine):
 
     # --- one page -------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def page_ref(self, req: OCRRequest) -> AsyncIterator[str]:
+        """The page's image_url for as long as the page is in flight (here: its data URL)."""
+        yield await asyncio.to_thread(page_url, req, self.settings.remote_image_format)
+
     async def _run(self, req: OCRRequest) -> OCRResult:
         t0 = time.perf_counter()
-        image_url = await asyncio.to_thread(page_url, req, self.settings.remote_image_format)
-        encode_s = time.perf_counter() - t0
-        tried: list[BackendFailed] = []
-        while True:
-            b = await self._acquire(tried)
-            try:
-                res = await self._call(b, req, image_url)
-            except BackendFailed as e:
-                tried.append(e)
-                if len(tried) > 1:
-                    raise self._gave_up(tried) from e
-                log.warning("retrying a page elsewhere: %s", e)
-                continue
-            finally:
-                self._release(b)
-            res.timings["encode"] = round(encode_s, 4)
-            return res
+        async with self.page_ref(req) as image_url:
+            encode_s = time.perf_counter() - t0
+            tried: list[BackendFailed] = []
+            while True:
+                b = await self._acquire(tried)
+                try:
+                    res = await self._call(b, req, image_url)
+                except BackendFailed as e:
+                    tried.append(e)
+                    if len(tried) > 1:
+                        raise self._gave_up(tried) from e
+                    log.warning("retrying a page elsewhere: %s", e)
+                    continue
+                finally:
+                    self._release(b)
+                res.timings["encode"] = round(encode_s, 4)
+                return res
 
     def _body(self, b: Backend, req: OCRRequest, image_url: str, *, stream: bool) -> dict:
         # Every mode travels as mm_processor_kwargs: `vllm serve` runs them with this service's plugin installed
@@ -361,8 +366,7 @@ class RemoteEngine(OCREngine):
         """Deltas from the backend's SSE stream; retried elsewhere only if it fails before the first one."""
         if not self.ready:
             raise self.not_ready()
-        async with self._slots:
-            image_url = await asyncio.to_thread(page_url, req, self.settings.remote_image_format)
+        async with self._slots, self.page_ref(req) as image_url:
             tried: list[BackendFailed] = []
             while True:
                 b = await self._acquire(tried)

@@ -38,6 +38,7 @@ import httpx
 from config import Settings
 from deepseek_ocr import EngineUnavailable, OCRRequest, OCRResult
 from engines.api_lanes import Lanes
+from engines.page_files import PageFiles, choose_folder
 from engines.remote_engine import Backend, BackendFailed, RemoteEngine
 from engines.vllm_engine import FAMILIES, FAMILY_MODES, engine_args, from_cores, model_env, tuned_moe_folder
 from errors import InputError
@@ -94,9 +95,11 @@ def api_servers(settings: Settings, cores: int | None = None) -> int:
     return from_cores(settings.vllm_api_servers, cores, leave=2)
 
 
-def serve_argv(settings: Settings, port: int, template_path: Path | str) -> list[str]:
-    """The `vllm serve` command line of VLLM_API_SERVERS=N: the in-process engine's arguments, N API servers."""
+def serve_argv(settings: Settings, port: int, template_path: Path | str, media_dir: Path | None = None) -> list[str]:
+    """The `vllm serve` command line of VLLM_API_SERVERS=N: the in-process engine's arguments, N API servers
+    (and the one folder it may read page files from, with VLLM_PAGE_FILES)."""
     kw = engine_args(settings, NGRAM_PROCESSORS[settings.ngram_impl])
+    media = ["--allowed-local-media-path", str(media_dir)] if media_dir else []
     return [
         sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", kw["model"],
         "--served-model-name", settings.model_path, "--host", "127.0.0.1", "--port", str(port),
@@ -105,6 +108,7 @@ def serve_argv(settings: Settings, port: int, template_path: Path | str) -> list
         "--chat-template", str(template_path), "--chat-template-content-format", "string",
         "--disable-uvicorn-access-log",  # this service logs each request; the child's log keeps vLLM's own lines
         "--middleware", SERVED_BY_MIDDLEWARE,  # each API process names itself: pages go to the least busy
+        *media,
         *shlex.split(settings.vllm_serve_args),
     ]  # fmt: skip
 
@@ -188,6 +192,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
         self.log_path: Path | None = None
         self.start_seconds: float | None = None
         self.lanes: Lanes | None = None  # with 2+ API servers: connections by API process (engines/api_lanes.py)
+        self.page_files = PageFiles(choose_folder(settings.data_dir)) if settings.vllm_page_files else None
         if family := model_family(settings.model_path):
             self.modes, self.token_strategy = FAMILY_MODES[family]
 
@@ -244,7 +249,11 @@ class ManagedVLLMServeEngine(RemoteEngine):
         work = self._workdir()
         self.log_path = work / "serve.log"
         self.port = self.settings.vllm_serve_port or free_port()
-        argv = self._argv(self.port) if self._argv else serve_argv(self.settings, self.port, write_chat_template(work))
+        if self.page_files:
+            self.page_files.open()
+        media = self.page_files.folder if self.page_files else None
+        template = write_chat_template(work)
+        argv = self._argv(self.port) if self._argv else serve_argv(self.settings, self.port, template, media)
         log.info("starting: %s (log %s)", " ".join(argv), self.log_path)
         env = serve_env({**os.environ, **model_env(self.settings), **self._env})
         with self.log_path.open("wb") as out:
@@ -318,6 +327,8 @@ class ManagedVLLMServeEngine(RemoteEngine):
         if self.lanes:
             await self.lanes.aclose()
         await self._terminate(STOP_GRACE_S)
+        if self.page_files:
+            self.page_files.close()
 
     # --- the remote engine's view of its one backend -----------------------------------------
 
@@ -337,6 +348,19 @@ class ManagedVLLMServeEngine(RemoteEngine):
             return
         async with self.lanes.take() as client:
             yield client
+
+    @contextlib.asynccontextmanager
+    async def page_ref(self, req: OCRRequest) -> AsyncIterator[str]:
+        """With VLLM_PAGE_FILES: the page as a raw pixel file while it is in flight (else its data URL)."""
+        path = await asyncio.to_thread(self.page_files.write, req.image) if self.page_files else None
+        if path is None:
+            async with super().page_ref(req) as url:
+                yield url
+            return
+        try:
+            yield path.as_uri()
+        finally:
+            path.unlink(missing_ok=True)
 
     async def _acquire(self, tried: list[BackendFailed]) -> Backend:
         if self._exit_reason:
@@ -375,4 +399,5 @@ class ManagedVLLMServeEngine(RemoteEngine):
             "pid": self._proc.pid if self._proc else None,
             "log": str(self.log_path) if self.log_path else None,
             "start_seconds": self.start_seconds,
+            **({"page_files": self.page_files.info()} if self.page_files else {}),
         }

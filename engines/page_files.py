@@ -1,0 +1,68 @@
+"""VLLM_PAGE_FILES: pages reach the managed `vllm serve` as raw pixel files instead of PNG data URLs.
+
+This service has already decoded every page; sending the original PNG makes each of vLLM's API processes
+decode it again (the largest share of their CPU per page once DEVICE_VIEWS cut the views on the GPU). A
+binary PPM/PGM is the page's pixels behind a one-line header: vLLM reads it as a `file://` URL from the one
+folder it is allowed (`--allowed-local-media-path`) and Pillow "decodes" it with a copy. The folder is in
+/dev/shm (memory) when that has room, else under DATA_DIR; a file lives while its page is in flight. A page
+that cannot be written (a mode PPM does not hold, a full folder) travels as a data URL, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from PIL import Image
+
+log = logging.getLogger("ocr.page_files")
+SHM = Path("/dev/shm")
+SHM_MIN_FREE = 2 << 30  # a 256-page burst of A4 pages at 150 dpi holds ~1.7 GB of files
+FORMATS = {"RGB": "PPM", "L": "PPM"}  # Pillow writes P6 (RGB) and P5 (L) under "PPM"
+
+
+def choose_folder(data_dir: Path, shm: Path = SHM) -> Path:
+    """A fresh folder for this process's page files: in /dev/shm when it has room, else under data_dir."""
+    name = f"ocr-pages-{os.getpid()}"
+    with contextlib.suppress(OSError):
+        if shm.is_dir() and shutil.disk_usage(shm).free >= SHM_MIN_FREE:
+            return shm / name
+    return data_dir / "vllm_serve" / name
+
+
+class PageFiles:
+    """A folder of in-flight page files: `write` gives a page's file (None: send it another way)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.written = self.fallbacks = 0
+
+    def open(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)  # a previous run's leftovers under our pid
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def write(self, image: Image.Image) -> Path | None:
+        fmt = FORMATS.get(image.mode)
+        if fmt is None:
+            self.fallbacks += 1
+            return None
+        path = self.folder / f"{uuid.uuid4().hex}.{'ppm' if image.mode == 'RGB' else 'pgm'}"
+        try:
+            image.save(path, fmt)
+        except OSError as e:  # full, removed, read-only: this page goes as a data URL
+            path.unlink(missing_ok=True)
+            self.fallbacks += 1
+            log.warning("page file not written (%s): the page goes as a data URL", e)
+            return None
+        self.written += 1
+        return path
+
+    def info(self) -> dict:
+        return {"folder": str(self.folder), "written": self.written, "fallbacks": self.fallbacks}

@@ -1,0 +1,111 @@
+"""VLLM_PAGE_FILES: pages to the managed `vllm serve` as raw pixel files (engines/page_files.py).
+
+vLLM is not installed here: what is tested is what this service does (the files' pixels, their lifetime, the
+flag that lets vLLM read them, the fallbacks); vLLM's reading of file:// URLs is its own (checked on the GPU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import render
+from PIL import Image
+
+import pipeline
+from config import Settings
+from engines.page_files import PageFiles, choose_folder
+from engines.vllm_serve_engine import ManagedVLLMServeEngine, serve_argv
+
+
+def scan() -> Image.Image:
+    """A real page: one of ../shared/testdata's PDFs rendered at 100 dpi."""
+    return Image.open(io.BytesIO(render("2305.03393v1-pg9.pdf", dpi=100))).convert("RGB")
+
+
+def same_pixels(a: Image.Image, b: Image.Image) -> bool:
+    return a.mode == b.mode and a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_page_file_holds_exactly_the_pages_pixels(tmp_path):
+    files = PageFiles(tmp_path / "pages")
+    files.open()
+    page = scan()
+    for image in (page, page.convert("L")):
+        path = files.write(image)
+        assert path is not None and path.parent == files.folder
+        with Image.open(path) as back:
+            back.load()
+            assert back.format == "PPM" and same_pixels(back, image)
+        # vLLM opens it from its bytes as Pillow does, then converts to RGB: the page it would have decoded
+        with Image.open(io.BytesIO(path.read_bytes())) as back:
+            assert same_pixels(back.convert("RGB"), image.convert("RGB"))
+    assert files.info() == {"folder": str(files.folder), "written": 2, "fallbacks": 0}
+
+
+def test_modes_ppm_does_not_hold_and_unwritable_folders_fall_back(tmp_path):
+    files = PageFiles(tmp_path / "pages")
+    files.open()
+    assert files.write(scan().convert("RGBA")) is None  # PPM holds RGB and L only: a data URL instead
+    files.close()  # the folder is gone: writing fails, the page is not lost
+    assert not files.folder.exists()
+    assert files.write(scan()) is None
+    assert files.fallbacks == 2 and files.written == 0
+
+
+def test_open_clears_a_previous_runs_leftovers(tmp_path):
+    files = PageFiles(tmp_path / "pages")
+    files.open()
+    stale = files.write(scan())
+    PageFiles(files.folder).open()
+    assert stale is not None and not stale.exists() and files.folder.is_dir()
+
+
+def test_the_folder_is_in_memory_when_there_is_room(tmp_path):
+    roomy = tmp_path / "shm"
+    roomy.mkdir()
+    chosen = choose_folder(tmp_path / "data", shm=roomy)
+    # this machine's tmp may be small; either way the folder is this process's own
+    assert chosen.name.startswith("ocr-pages-") and chosen.parent in (roomy, tmp_path / "data" / "vllm_serve")
+    assert choose_folder(tmp_path / "data", shm=tmp_path / "missing").parent == tmp_path / "data" / "vllm_serve"
+
+
+def test_vllm_may_read_the_folder_only_when_page_files_are_on():
+    s = Settings(_env_file=None, vllm_api_servers=2)
+    argv = serve_argv(s, 1, "t", Path("/dev/shm/ocr-pages-1"))
+    assert argv[argv.index("--allowed-local-media-path") + 1] == "/dev/shm/ocr-pages-1"
+    assert "--allowed-local-media-path" not in serve_argv(s, 1, "t")
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_managed_engine_sends_a_file_while_the_page_is_in_flight(tmp_path, on):
+    s = Settings(_env_file=None, data_dir=tmp_path, vllm_api_servers=2, vllm_page_files=on)
+    engine = ManagedVLLMServeEngine(s)
+    assert (engine.page_files is not None) is on
+    if engine.page_files:
+        engine.page_files.open()
+    page = scan()
+    req = pipeline.build_request(s, page, None, engine=engine)
+
+    async def send() -> tuple[str, Path | None]:
+        async with engine.page_ref(req) as url:
+            if not on:
+                return url, None
+            path = Path(url.removeprefix("file://"))
+            with Image.open(path) as back:
+                back.load()
+                assert same_pixels(back, page)
+            return url, path
+
+    url, path = asyncio.run(send())
+    if on:
+        assert url.startswith("file:///") and path is not None and not path.exists()  # removed once answered
+        assert engine.info()["page_files"]["written"] == 1
+    else:
+        assert url.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as back:
+            assert same_pixels(back.convert("RGB"), page)
