@@ -219,8 +219,10 @@ def managed(monkeypatch, tmp_path):
         child_env = {"ENGINE": "cpu", "NUM_WORKERS": "1", "DATA_DIR": str(tmp_path / "child"), "LOG_FORMAT": "text"}
         cls = functools.partial(ManagedVLLMServeEngine, argv=argv, env=child_env)
         monkeypatch.setattr(vllm_serve_engine, "ManagedVLLMServeEngine", cls)  # what the factory builds
+        # The child is this service, which takes pages as data URLs only (vLLM reads page files: test_page_files)
         settings = Settings(_env_file=None, engine="vllm", vllm_api_servers=1, engine_death="stay", num_workers=1,
-                            max_concurrency=2, remote_health_interval_s=0.5, data_dir=tmp_path / "front")  # fmt: skip
+                            max_concurrency=2, remote_health_interval_s=0.5, data_dir=tmp_path / "front",
+                            vllm_page_files=False)  # fmt: skip
         return make_client(settings)
 
     return make
