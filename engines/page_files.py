@@ -22,7 +22,7 @@ from PIL import Image
 log = logging.getLogger("ocr.page_files")
 SHM = Path("/dev/shm")
 SHM_MIN_FREE = 2 << 30  # a 256-page burst of A4 pages at 150 dpi holds ~1.7 GB of files
-FORMATS = {"RGB": "PPM", "L": "PPM"}  # Pillow writes P6 (RGB) and P5 (L) under "PPM"
+SUFFIXES = {"RGB": "ppm", "L": "pgm"}  # the modes Pillow writes under "PPM": P6 (RGB) and P5 (L)
 
 
 def choose_folder(data_dir: Path, shm: Path = SHM) -> Path:
@@ -49,13 +49,13 @@ class PageFiles:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def write(self, image: Image.Image) -> Path | None:
-        fmt = FORMATS.get(image.mode)
-        if fmt is None:
+        suffix = SUFFIXES.get(image.mode)
+        if suffix is None:
             self.fallbacks += 1
             return None
-        path = self.folder / f"{uuid.uuid4().hex}.{'ppm' if image.mode == 'RGB' else 'pgm'}"
+        path = self.folder / f"{uuid.uuid4().hex}.{suffix}"
         try:
-            image.save(path, fmt)
+            image.save(path, "PPM")
         except OSError as e:  # full, removed, read-only: this page goes as a data URL
             path.unlink(missing_ok=True)
             self.fallbacks += 1

@@ -72,7 +72,7 @@ def split_items(
 ) -> list[Item]:
     """Per-image pieces from vLLM's batched kwargs (stacked tensors, per-image lists, or tiles zero-padded to the
     step's largest tile size, cut back to each image's `tile_sizes`)."""
-    grids = [tuple(int(v) for v in g) for g in int_rows(images_spatial_crop)]  # one host read for the step
+    grids = [tuple(g) for g in int_rows(images_spatial_crop)]  # one host read for the step
     views = list(pixel_values) if not isinstance(pixel_values, torch.Tensor) else list(pixel_values.unbind(0))
     counts = [_tile_count(g) for g in grids]  # type: ignore[arg-type]
     if isinstance(images_crop, torch.Tensor):
