@@ -256,6 +256,7 @@ class OCREngine(ABC):
             "error": self.error,
             "tasks": sorted(t.value for t in self.tasks),
             "max_concurrency": self.capacity(),
+            "admitted": self.admitted,
             "in_flight": self.in_flight,
             "waiting": self.waiting,
             "completed": self.completed,

@@ -10,8 +10,10 @@ POST /generate with the repetition guard on, ignore_eos and a fixed max_tokens. 
               in-process engine's usage.timings), vLLM's mean time before its engine queue (from its histograms:
               input processing, also inside a managed `vllm serve`), nvidia-smi's GPU busy %, the CPU seconds
               of each process (API servers, EngineCore, this service) and the host's busy share, the client
-              connections each API server holds 2 s in, a timeline of the pages held by this service and
-              vLLM's running/waiting counts in the first 12 s; with --profile-s, py-spy samples a process's GIL during
+              connections each API server holds 2 s in, a timeline of the requests admitted and pages held by
+              this service and vLLM's running/waiting counts (every 0.25 s for 6 s), the seconds until 10/50/90%
+              of the pages had reached vLLM's engine (to_engine_p*_s); with --profile-s, py-spy samples a
+              process (this service: every thread; vLLM's: every busy thread) during
               the first pass (--profile-target: this service, an API server, the EngineCore)
   soak        --soak-requests requests, --soak-concurrency at a time, 10% of clients leave early: status
               counts, vLLM's running requests and KV-cache use afterwards, API-process RSS start/end
@@ -197,28 +199,46 @@ def vllm_front(before: dict[str, float], after: dict[str, float]) -> dict:
             "vllm_decode_mean_s": round(mean["request_decode_time"], 3)}  # fmt: skip
 
 
-TIMELINE_S = (0.5, 1, 2, 3, 4, 6, 8, 12, 16, 20, 24)
+# Every 0.25 s while the pages reach vLLM, then sparser while they are decoded.
+TIMELINE_S = (*(i / 4 for i in range(1, 25)), 8, 10, 12, 16, 20, 24)
 
 
 def timeline(base: str, metrics_url: str, out: list) -> threading.Thread:
-    """Samples, TIMELINE_S after now, [t, pages the service's engine holds, vLLM running, vLLM waiting]: how
-    fast pages reach vLLM's engine under a burst."""
+    """Samples, TIMELINE_S after now, [t, requests this service has admitted, pages its engine holds, vLLM
+    running, vLLM waiting] (t: when the sample was read): how fast pages reach vLLM's engine under a burst."""
     t0 = time.perf_counter()
 
     def run() -> None:
         for at in TIMELINE_S:
             time.sleep(max(0.0, at - (time.perf_counter() - t0)))
             try:
-                held = httpx.get(f"{base}/", timeout=2).json()["engine"]["in_flight"]
+                engine = httpx.get(f"{base}/", timeout=2).json()["engine"]
+                admitted, held = engine.get("admitted"), engine["in_flight"]
             except (httpx.HTTPError, ValueError, KeyError):
-                held = None
+                admitted = held = None
             text = scrape(metrics_url)
             running, waiting = (metric(text, f"vllm:num_requests_{k}") for k in ("running", "waiting"))
-            out.append([at, held, running, waiting])
+            out.append([round(time.perf_counter() - t0, 2), admitted, held, running, waiting])
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+def reached_engine(samples: list, pages: int, share: float = 0.5) -> float | None:
+    """Seconds into the burst when `share` of its pages had reached vLLM's engine (running + waiting; none
+    finishes this early), interpolated between samples: with share 0.5, the p50 wait before the engine's queue,
+    everything in front of it included (upload, this service, vLLM's API processes)."""
+    want, last = share * pages, (0.0, 0.0)
+    for t, *_, running, waiting in samples:
+        if running is None or waiting is None:
+            continue
+        have = running + waiting
+        if have >= want:
+            t0, n0 = last
+            return round(t0 + (t - t0) * (want - n0) / max(have - n0, 1e-9), 2)
+        last = (t, have)
+    return None
 
 
 def profiled_pid(pid: int, target: str) -> int:
@@ -237,7 +257,7 @@ def phase_burst(
     pngs = [b64(synthetic_page(p)) for p in range(pages)]
     body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True, "mode": "gundam"}
     prof = Path(os.environ.get("OUT", tempfile.gettempdir())) / f"pyspy_{label}_{profile_target}.txt"
-    gil = profile_target == "front"  # GIL holders in this service; every busy thread in vLLM's (PIL releases it)
+    gil = False  # every busy thread (PIL and zlib release the GIL: GIL holders alone missed this service's decodes)
     for i in range(passes):
         spy = start_profile(profiled_pid(pid, profile_target), profile_s, 3, prof, gil) if profile_s and not i else None
         before, samples = vllm_time_sums(metrics_url), []
@@ -246,7 +266,8 @@ def phase_burst(
             dt, outs = asyncio.run(send_all(base, [{**body, "image_base64": b} for b in pngs]))
         sampler.join(timeout=15)
         front = vllm_front(before, vllm_time_sums(metrics_url))
-        rate(f"service-http-{label}", pages, dt, outs, pass_no=i, gpu_busy_mean_pct=busy.mean, **front,
+        reached = {f"to_engine_p{int(q * 100)}_s": reached_engine(samples, pages, q) for q in (0.1, 0.5, 0.9)}
+        rate(f"service-http-{label}", pages, dt, outs, pass_no=i, gpu_busy_mean_pct=busy.mean, **front, **reached,
              **cpu.summary(), timeline=samples)  # fmt: skip
         print("ENGINE", json.dumps(httpx.get(f"{base}/").json()["engine"].get("api_processes")), flush=True)
         if spy is not None:

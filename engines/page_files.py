@@ -6,15 +6,20 @@ binary PPM/PGM is the page's pixels behind a one-line header: vLLM reads it as a
 folder it is allowed (`--allowed-local-media-path`) and Pillow "decodes" it with a copy. The folder is in
 /dev/shm (memory) when that has room, else under DATA_DIR; a file lives while its page is in flight. A page
 that cannot be written (a mode PPM does not hold, a full folder) travels as a data URL, as before.
+Files are written by a few threads of their own: under a burst the shared thread pool holds every page's decode,
+and a write queued behind them would keep the first pages from vLLM until the last page is decoded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import shutil
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
@@ -23,6 +28,7 @@ log = logging.getLogger("ocr.page_files")
 SHM = Path("/dev/shm")
 SHM_MIN_FREE = 2 << 30  # a 256-page burst of A4 pages at 150 dpi holds ~1.7 GB of files
 SUFFIXES = {"RGB": "ppm", "L": "pgm"}  # the modes Pillow writes under "PPM": P6 (RGB) and P5 (L)
+WRITERS = 4  # threads writing files: a page takes ~3 ms, vLLM takes ~30 pages/s at most under a burst
 
 
 def choose_folder(data_dir: Path, shm: Path = SHM) -> Path:
@@ -40,29 +46,48 @@ class PageFiles:
     def __init__(self, folder: Path):
         self.folder = folder
         self.written = self.fallbacks = 0
+        self._count = threading.Lock()  # writes run in several threads
+        self._writers: ThreadPoolExecutor | None = None
 
     def open(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)  # a previous run's leftovers under our pid
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="page-files")
 
     def close(self) -> None:
+        if self._writers is not None:
+            self._writers.shutdown(wait=True, cancel_futures=True)
+            self._writers = None
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    async def write_soon(self, image: Image.Image) -> Path | None:
+        """`write` in this folder's own threads (in the caller's thread before `open`)."""
+        if self._writers is None:
+            return self.write(image)
+        return await asyncio.get_running_loop().run_in_executor(self._writers, self.write, image)
 
     def write(self, image: Image.Image) -> Path | None:
         suffix = SUFFIXES.get(image.mode)
         if suffix is None:
-            self.fallbacks += 1
+            self._tally(written=False)
             return None
         path = self.folder / f"{uuid.uuid4().hex}.{suffix}"
         try:
             image.save(path, "PPM")
         except OSError as e:  # full, removed, read-only: this page goes as a data URL
             path.unlink(missing_ok=True)
-            self.fallbacks += 1
+            self._tally(written=False)
             log.warning("page file not written (%s): the page goes as a data URL", e)
             return None
-        self.written += 1
+        self._tally(written=True)
         return path
+
+    def _tally(self, *, written: bool) -> None:
+        with self._count:
+            if written:
+                self.written += 1
+            else:
+                self.fallbacks += 1
 
     def info(self) -> dict:
         return {"folder": str(self.folder), "written": self.written, "fallbacks": self.fallbacks}

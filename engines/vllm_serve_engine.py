@@ -352,7 +352,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
     @contextlib.asynccontextmanager
     async def page_ref(self, req: OCRRequest) -> AsyncIterator[str]:
         """With VLLM_PAGE_FILES: the page as a raw pixel file while it is in flight (else its data URL)."""
-        path = await asyncio.to_thread(self.page_files.write, req.image) if self.page_files else None
+        path = await self.page_files.write_soon(req.image) if self.page_files else None
         if path is None:
             async with super().page_ref(req) as url:
                 yield url

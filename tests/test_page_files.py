@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,29 @@ def test_modes_ppm_does_not_hold_and_unwritable_folders_fall_back(tmp_path):
     assert not files.folder.exists()
     assert files.write(scan()) is None
     assert files.fallbacks == 2 and files.written == 0
+
+
+def test_pages_are_written_while_the_shared_thread_pool_is_busy(tmp_path):
+    """Under a burst every page's decode waits in asyncio's shared thread pool: a page decoded early must reach
+    vLLM without waiting for them, so its file is written by the folder's own threads."""
+    files = PageFiles(tmp_path / "pages")
+    files.open()
+    page = scan()
+
+    async def burst() -> list[Path | None]:
+        release = threading.Event()
+        blockers = [asyncio.create_task(asyncio.to_thread(release.wait, 20)) for _ in range(64)]  # every worker
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(files.write_soon(page) for _ in range(12))), 10)
+        finally:
+            release.set()
+            await asyncio.gather(*blockers)
+
+    paths = asyncio.run(burst())
+    assert all(p is not None and p.exists() for p in paths) and len({p.name for p in paths}) == 12
+    assert files.info()["written"] == 12  # counted from several threads
+    files.close()
+    assert not files.folder.exists()
 
 
 def test_open_clears_a_previous_runs_leftovers(tmp_path):
