@@ -176,12 +176,39 @@ def metric(text: str, name: str) -> float | None:
     return sum(vals) if vals else None
 
 
+FRONT_HISTOGRAM = "ocr_vllm_front_seconds"  # engines/vllm_front_stats.py, a vLLM stat-logger plugin
+
+
 def vllm_time_sums(metrics_url: str) -> dict[str, float]:
     """Sums and counts of vLLM's per-request time histograms (its /metrics: in this service's in-process, the
-    managed `vllm serve`'s otherwise)."""
+    managed `vllm serve`'s otherwise), and the buckets of our front-time histogram ("le=<bound>")."""
     text = scrape(metrics_url)
-    return {f"{name}_{part}": metric(text, f"vllm:{name}_seconds_{part}") or 0.0
-            for name in VLLM_TIMES for part in ("sum", "count")} if text else {}  # fmt: skip
+    if not text:
+        return {}
+    sums = {f"{name}_{part}": metric(text, f"vllm:{name}_seconds_{part}") or 0.0
+            for name in VLLM_TIMES for part in ("sum", "count")}  # fmt: skip
+    for m in re.finditer(rf'^{FRONT_HISTOGRAM}_bucket{{[^}}]*le="([^"]+)"[^}}]*}} ([0-9.eE+-]+)$', text, re.M):
+        key = f"le={m.group(1)}"
+        sums[key] = sums.get(key, 0.0) + float(m.group(2))
+    return sums
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """A quantile from cumulative histogram counts {upper bound: count}, interpolated within its bucket (as
+    Prometheus' histogram_quantile does); None without observations."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0
+    if not total:
+        return None
+    want, lower, below = q * total, 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= want:
+            if bound == float("inf"):
+                return lower
+            return round(lower + (bound - lower) * (want - below) / max(count - below, 1e-9), 3)
+        lower, below = bound, count
+    return lower
 
 
 def vllm_front(before: dict[str, float], after: dict[str, float]) -> dict:
@@ -193,7 +220,10 @@ def vllm_front(before: dict[str, float], after: dict[str, float]) -> dict:
         return {}
     mean = {k: d[f"{k}_sum"] / n for k in VLLM_TIMES}
     front = mean["e2e_request_latency"] - mean["request_queue_time"] - mean["request_inference_time"]
-    return {"vllm_front_mean_s": round(front, 3), "vllm_ttft_mean_s": round(mean["time_to_first_token"], 3),
+    buckets = {float(k[3:]): v for k, v in d.items() if k.startswith("le=")}
+    quantiles = {f"vllm_front_p{int(q * 100)}_s": bucket_quantile(buckets, q) for q in (0.5, 0.9)} if buckets else {}
+    return {"vllm_front_mean_s": round(front, 3), **quantiles,
+            "vllm_ttft_mean_s": round(mean["time_to_first_token"], 3),
             "vllm_queue_mean_s": round(mean["request_queue_time"], 3),
             "vllm_prefill_mean_s": round(mean["request_prefill_time"], 3),
             "vllm_decode_mean_s": round(mean["request_decode_time"], 3)}  # fmt: skip
