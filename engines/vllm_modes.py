@@ -131,11 +131,15 @@ def pages_without_views(processor, prompt: str, images: Sequence, cropping: bool
         ids += [processor.image_token_id] * count
         grids.append(tile_grid(width, height, image_size=size, cropping=cropping, max_crops=crops))
     ids += processor.encode(texts[-1], bos=False, eos=False)
-    pages = [vllm_pixels.to_uint8(image) for image in images]
+    pages = [vllm_views.page_tensor(image) for image in images]
     n = len(pages)
+    if n == 1:
+        stacked: torch.Tensor | list[torch.Tensor] = pages[0][None]  # no copy
+    else:
+        stacked = torch.stack(pages) if len({p.shape for p in pages}) == 1 else pages
     return BatchFeature({
         "input_ids": torch.tensor([ids], dtype=torch.long),
-        vllm_views.PAGE: torch.stack(pages) if len({p.shape for p in pages}) == 1 else pages,
+        vllm_views.PAGE: stacked,
         vllm_views.PLAN: torch.tensor([[base, size, int(cropping)]] * n, dtype=torch.long),
         "images_spatial_crop": torch.tensor(grids, dtype=torch.long).reshape(n, 2),
         "tile_size": torch.full((n,), size, dtype=torch.long),

@@ -2,26 +2,39 @@
 
 vLLM 0.26's DeepSeek-OCR processor resizes every page twice in Pillow (the tile grid and the padded global view):
 40% of an API process's time under the 256-page burst on an H100 (py-spy, bench/RESULTS.md). With DEVICE_VIEWS the
-mode-aware processor (engines/vllm_modes.py) sends the page itself as uint8 pixels with its plan (tile grid, view
-and tile size, crop mode) and the model class makes the views on the GPU with process/pil_resize.py, Pillow's
-arithmetic bit for bit, so the encoder sees the bytes the processor would have made (then engines/vllm_pixels.py
-normalises them, as with UINT8_PIXELS). `expand` turns the step's pages into the kwargs vLLM's own processor
-would have produced, so everything after it (encoder CUDA graphs, mixed modes) is unchanged.
+mode-aware processor (engines/vllm_modes.py) sends the page itself as uint8 pixels ([H, W, 3]) with its plan (tile
+grid, view and tile size, crop mode) and the model class makes the views on the GPU with process/pil_resize.py,
+Pillow's arithmetic bit for bit, so the encoder sees the bytes the processor would have made (then
+engines/vllm_pixels.py normalises them, as with UINT8_PIXELS). `expand` turns the step's pages into the kwargs
+vLLM's own processor would have produced, so everything after it (encoder CUDA graphs, mixed modes) is unchanged.
 Needs torch only (tested in CI without vLLM: tests/test_vllm_views.py).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
+import numpy as np
 import torch
+from PIL import Image
 
 from engines.vllm_encoder import int_rows
 from process.pil_resize import pad, resize
 
-PAGE = "page"  # the field with each page's uint8 [3, H, W] pixels
+PAGE = "page"  # the field with each page's uint8 pixels, [H, W, 3] as decoded (channels first on the GPU)
 PLAN = "view_plan"  # per page: (base_size, image_size, crop_mode)
 PAD_COLOR = (127, 127, 127)  # the processor's pad colour: int(0.5 * 255) per channel (mean 0.5)
+
+
+def page_tensor(image: Image.Image) -> torch.Tensor:
+    """A page's RGB pixels as the processor sends them: uint8 [H, W, 3], Pillow's own layout, so the API process
+    copies the page once (Pillow's bytes); the GPU puts the channels first. (Converting an RGB page to RGB, and
+    transposing it to [3, H, W] on the CPU, took a third of an API process's time per page: bench/RESULTS.md.)"""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    with warnings.catch_warnings():  # Pillow's bytes are read-only; nothing writes to a page
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+        return torch.from_numpy(np.asarray(rgb))
 
 
 def enabled() -> bool:
@@ -58,7 +71,8 @@ def expand(kwargs: dict[str, object]) -> dict[str, object]:
     pages = list(pages.unbind(0)) if isinstance(pages, torch.Tensor) else list(pages)  # type: ignore[arg-type]
     views, tiles = [], []
     for page, (base, size, crop), grid in zip(pages, plans, grids, strict=True):
-        view, page_tiles = page_views(page, base, size, bool(crop), (grid[0], grid[1]))
+        chw = page.permute(2, 0, 1).contiguous()  # [H, W, 3] as sent -> [3, H, W]
+        view, page_tiles = page_views(chw, base, size, bool(crop), (grid[0], grid[1]))
         views.append(view)
         tiles.append(page_tiles)
     kwargs["pixel_values"] = torch.stack(views) if len({v.shape for v in views}) == 1 else views

@@ -66,6 +66,13 @@ def _coeffs_on(in_size: int, out_size: int, device: torch.device) -> tuple[torch
     return index.to(device), weight.to(device)
 
 
+@functools.lru_cache(maxsize=16)
+def _color_on(color: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A fill colour on `device`, copied there once: a fresh host-to-GPU copy on every page waits for the GPU
+    (PyTorch synchronises a blocking copy), so the engine core could not queue an encoder step ahead."""
+    return torch.tensor(color, dtype=torch.uint8).to(device)
+
+
 def _resample(img: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
     """One 8bpc pass along dim (-1 horizontal, -2 vertical): clip8(2**21 + sum pixel * k) in exact int32 math."""
     index, weight = _coeffs_on(img.shape[dim], out_size, img.device)
@@ -143,7 +150,7 @@ def pad(img: torch.Tensor, size: tuple[int, int], color: tuple[int, ...]) -> tor
     if resized is not None and (rw, rh) == tuple(size):
         return resized
     canvas = img.new_empty((*img.shape[:-2], size[1], size[0]))
-    canvas.copy_(torch.tensor(color, dtype=torch.uint8, device=img.device).view(-1, 1, 1).expand_as(canvas))
+    canvas.copy_(_color_on(tuple(color), img.device).view(-1, 1, 1).expand_as(canvas))
     if resized is not None:
         x, y = pad_offset((rw, rh), size)
         canvas[..., y : y + rh, x : x + rw] = resized

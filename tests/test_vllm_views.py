@@ -63,12 +63,21 @@ def test_page_views_equal_the_processors(mode: str, size: tuple[int, int]) -> No
         assert torch.equal(got, tensor(ref))
 
 
+def test_a_page_travels_as_its_decoded_bytes() -> None:
+    im = text_page(300, 200)
+    page = vllm_views.page_tensor(im)
+    assert page.dtype == torch.uint8 and page.shape == (200, 300, 3) and page.is_contiguous()
+    assert torch.equal(page, torch.from_numpy(np.array(im)))
+    for other in (im.convert("L"), im.convert("RGBA")):  # the processor's convert("RGB"), as vLLM's would do
+        assert torch.equal(vllm_views.page_tensor(other), torch.from_numpy(np.array(other.convert("RGB"))))
+
+
 def test_expand_builds_vllms_kwargs_for_one_mode() -> None:
     ims = [text_page(700, 990, 1), text_page(700, 990, 2)]
     m = MODES["gundam"]
     grids = [processor_views(im, m.base_size, m.image_size, True)[1] for im in ims]
     kwargs = {
-        "page": torch.stack([tensor(im) for im in ims]),
+        "page": torch.stack([vllm_views.page_tensor(im) for im in ims]),  # [n, H, W, 3], as the processor sends
         "view_plan": torch.tensor([[m.base_size, m.image_size, 1]] * 2),
         "images_spatial_crop": torch.tensor(grids),
         "tile_size": torch.tensor([m.image_size] * 2),
@@ -90,7 +99,7 @@ def test_expand_mixed_modes_pads_tiles_like_vllm() -> None:
     grids = [processor_views(ims[0], 1024, 640, True)[1], (1, 1)]
     out = vllm_views.expand(
         {
-            "page": [tensor(im) for im in ims],
+            "page": [vllm_views.page_tensor(im) for im in ims],
             "view_plan": torch.tensor(plans),
             "images_spatial_crop": torch.tensor(grids),
         }
