@@ -61,16 +61,20 @@ def _coeffs(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @functools.lru_cache(maxsize=64)
 def _coeffs_on(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """_coeffs on `device`, copied there once (not on every pass of every page)."""
+    """_coeffs on `device`, copied there once (not on every pass of every page), from pinned memory on a GPU so
+    that a new page size does not wait for the GPU's queued work."""
     index, weight = _coeffs(in_size, out_size)
-    return index.to(device), weight.to(device)
+    if device.type != "cuda":
+        return index.to(device), weight.to(device)
+    return index.pin_memory().to(device, non_blocking=True), weight.pin_memory().to(device, non_blocking=True)
 
 
 @functools.lru_cache(maxsize=16)
 def _color_on(color: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """A fill colour on `device`, copied there once: a fresh host-to-GPU copy on every page waits for the GPU
-    (PyTorch synchronises a blocking copy), so the engine core could not queue an encoder step ahead."""
-    return torch.tensor(color, dtype=torch.uint8).to(device)
+    """A fill colour on `device`, copied there once: a blocking host-to-GPU copy on every page waited for the GPU
+    (PyTorch synchronises it), so the engine core could not queue an encoder step ahead."""
+    color_t = torch.tensor(color, dtype=torch.uint8)
+    return color_t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else color_t.to(device)
 
 
 def _resample(img: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
