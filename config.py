@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     vllm_serve_start_timeout_s: float = Field(
         900.0, gt=0, description="time that `vllm serve` has to answer /health (weights, compilation, CUDA graphs)"
     )
+    vllm_warmup_pages: int = Field(
+        64, ge=0, le=1024,
+        description="pages (A4 text, default mode, 2 tokens each) sent at once through that `vllm serve` before "
+        "/ready says ready, so the first burst after a start does not meet every API process's and the engine's "
+        "first-time work (engines/warmup.py; 0: none)",
+    )  # fmt: skip
     engine_death: Literal["exit", "stay"] = Field(
         "exit",
         description="when the engine's process dies: exit (SIGTERM to ourselves after ENGINE_DEATH_GRACE_S, so the "

@@ -41,6 +41,7 @@ from engines.api_lanes import Lanes
 from engines.page_files import PageFiles, choose_folder
 from engines.remote_engine import Backend, BackendFailed, RemoteEngine
 from engines.vllm_engine import FAMILIES, FAMILY_MODES, engine_args, from_cores, model_env, tuned_moe_folder
+from engines.warmup import warm_requests
 from errors import InputError
 
 log = logging.getLogger("ocr.vllm_serve")
@@ -64,6 +65,7 @@ HEALTH_POLL_S = 0.5
 # its EngineCore died (it waits for its API servers), answering 500 or resetting connections meanwhile.
 DEATH_WAIT_S = 10.0
 STOP_GRACE_S = 30.0
+WARMUP_TIMEOUT_S = 300.0  # a warm-up that takes longer is given up (logged): readiness follows health
 SERVED_BY_MIDDLEWARE = "engines.vllm_served_by.ServedBy"
 KEEP_ALIVE_S = 86400  # the child's keep-alive for idle connections (vLLM's default: 5 s)
 
@@ -193,6 +195,8 @@ class ManagedVLLMServeEngine(RemoteEngine):
         self.start_seconds: float | None = None
         self.lanes: Lanes | None = None  # with 2+ API servers: connections by API process (engines/api_lanes.py)
         self.page_files = PageFiles(choose_folder(settings.data_dir)) if settings.vllm_page_files else None
+        self._warming = False
+        self.warmup: dict | None = None  # pages, failed, seconds
         if family := model_family(settings.model_path):
             self.modes, self.token_strategy = FAMILY_MODES[family]
 
@@ -232,6 +236,29 @@ class ManagedVLLMServeEngine(RemoteEngine):
         await super().start()
         if self._exit_reason and self._health:  # it died while we connected
             self._health.cancel()
+        if self.ready and self.settings.vllm_warmup_pages:
+            await self._warm_up(self.settings.vllm_warmup_pages)
+
+    async def _warm_up(self, pages: int) -> None:
+        """VLLM_WARMUP_PAGES pages at once through the normal path before /ready says ready (engines/warmup.py).
+        A page that fails is logged, not fatal: the child's health decides readiness, as always."""
+        self._warming = True
+        self._changed()
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(WARMUP_TIMEOUT_S):
+                outcomes = await asyncio.gather(
+                    *(self._run(r) for r in warm_requests(self, self.settings, pages)), return_exceptions=True
+                )
+        except TimeoutError:
+            outcomes = [TimeoutError(f"not done in {WARMUP_TIMEOUT_S:.0f} s")]
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        self.warmup = {"pages": pages, "failed": len(failed), "seconds": round(time.monotonic() - t0, 1)}
+        if failed:
+            log.warning("warm-up: %d of %d pages failed (first: %r)", len(failed), pages, failed[0])
+        log.info("warm-up: %s", self.warmup)
+        self._warming = False
+        self._changed()
 
     async def _warm_lanes(self, servers: int) -> None:
         """A share of lanes for each API process; without lanes, pages share one pool (whoever accepts)."""
@@ -336,6 +363,8 @@ class ManagedVLLMServeEngine(RemoteEngine):
         super()._changed()
         if self._exit_reason:  # dead stays dead, whatever a late health check saw
             self.ready, self.error = False, self._exit_reason
+        elif self._warming and self.ready:
+            self.ready, self.error = False, f"warming up ({self.settings.vllm_warmup_pages} pages, VLLM_WARMUP_PAGES)"
 
     def _unavailable(self) -> EngineUnavailable:
         return EngineUnavailable(f"the vllm engine is not available: {self._exit_reason}")
@@ -400,4 +429,5 @@ class ManagedVLLMServeEngine(RemoteEngine):
             "log": str(self.log_path) if self.log_path else None,
             "start_seconds": self.start_seconds,
             **({"page_files": self.page_files.info()} if self.page_files else {}),
+            "warmup": self.warmup,
         }

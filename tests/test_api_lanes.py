@@ -132,7 +132,8 @@ def test_the_managed_child_gets_pages_on_each_api_process(monkeypatch, tmp_path,
     cls = functools.partial(ManagedVLLMServeEngine, argv=two_worker_child, env=child_env)
     monkeypatch.setattr(vllm_serve_engine, "ManagedVLLMServeEngine", cls)
     settings = Settings(_env_file=None, engine="vllm", vllm_api_servers=2, num_workers=2, max_concurrency=2,
-                        engine_death="stay", data_dir=tmp_path / "front", vllm_page_files=False)  # fmt: skip
+                        engine_death="stay", data_dir=tmp_path / "front", vllm_page_files=False,
+                        vllm_warmup_pages=0)  # fmt: skip
     with make_client(settings) as client:
         wait_ready(client, timeout=180)
         lanes = client.get("/").json()["engine"]["api_processes"]["lanes"]

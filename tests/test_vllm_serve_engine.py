@@ -215,14 +215,15 @@ def slow_death_argv(port: int) -> list[str]:
 def managed(monkeypatch, tmp_path):
     """TestClients of the app on ENGINE=vllm, VLLM_API_SERVERS=1, whose child is this service (CPU engine)."""
 
-    def make(argv=child_argv):
+    def make(argv=child_argv, warmup_pages: int = 0):
         child_env = {"ENGINE": "cpu", "NUM_WORKERS": "1", "DATA_DIR": str(tmp_path / "child"), "LOG_FORMAT": "text"}
         cls = functools.partial(ManagedVLLMServeEngine, argv=argv, env=child_env)
         monkeypatch.setattr(vllm_serve_engine, "ManagedVLLMServeEngine", cls)  # what the factory builds
-        # The child is this service, which takes pages as data URLs only (vLLM reads page files: test_page_files)
+        # The child is this service, which takes pages as data URLs only (vLLM reads page files: test_page_files);
+        # its CPU engine reads a warm-up page in seconds, so the warm-up is asked for where it is tested.
         settings = Settings(_env_file=None, engine="vllm", vllm_api_servers=1, engine_death="stay", num_workers=1,
                             max_concurrency=2, remote_health_interval_s=0.5, data_dir=tmp_path / "front",
-                            vllm_page_files=False)  # fmt: skip
+                            vllm_page_files=False, vllm_warmup_pages=warmup_pages)  # fmt: skip
         return make_client(settings)
 
     return make
@@ -241,9 +242,16 @@ def kill_with_a_page_in_flight(client, child: str, victim: int, png: bytes):
 
 
 def test_pages_go_through_the_managed_child_and_stop_leaves_no_process(managed, scan_png):
-    with managed() as client:
-        wait_ready(client, timeout=120)
+    with managed(warmup_pages=2) as client:
+        saw_warming = False
+        deadline = time.time() + 120
+        while (ready := client.get("/ready")).status_code != 200:  # not ready until the warm-up pages are read
+            saw_warming |= (ready.json().get("error") or "").startswith("warming up (2 pages")
+            assert time.time() < deadline, ready.text
+            time.sleep(0.05)
         info = client.get("/").json()["engine"]
+        assert info["warmup"]["pages"] == 2 and info["warmup"]["failed"] == 0 and saw_warming
+        assert httpx.get(f"http://127.0.0.1:{info['port']}/").json()["engine"]["completed"] == 2  # read by the child
         assert info["engine"] == "vllm" and info["shape"] == "vllm serve (managed)" and info["api_servers"] == 1
         assert "VLLM_API_SERVERS=1" in info["selected_because"] and info["max_concurrency"] == 4
         assert Path(info["log"]).is_file() and info["start_seconds"] is not None
@@ -253,7 +261,7 @@ def test_pages_go_through_the_managed_child_and_stop_leaves_no_process(managed, 
         r = client.post("/ocr/image/simple", files={"file": ("s.png", scan_png)})
         assert r.status_code == 200, r.text
         assert cer(r.json()["text"], OCR_TEST_TEXT) <= 0.1
-        assert httpx.get(f"{child}/").json()["engine"]["completed"] >= 1  # the child's CPU engine read it
+        assert httpx.get(f"{child}/").json()["engine"]["completed"] == 3  # the child's CPU engine read it
     wait_group_gone(pid)  # stop(): SIGTERM to the group, nothing left
 
 
