@@ -1,9 +1,10 @@
 """VLLM_WARMUP_PAGES: the pages the managed `vllm serve` gets before it is reported ready.
 
 A started `vllm serve` does first-time work on its first pages: each API process sets up its processor, the
-engine meets its first encoder batches and prefill chunks of a burst's sizes. Measured on an H100 (bench/RESULTS.md),
-the first 256-page burst after a start ran at 0.74x the second. A few dozen A4 pages at once, two tokens each,
-through the normal path (page files, lanes) do that work before users arrive.
+engine meets its first encoder batches and prefill chunks of a burst's sizes. On H100s (bench/RESULTS.md) the
+first 256-page burst after a start ran at 0.83-0.95x the second, with vLLM's median time before its queue twice
+as long. A few dozen A4 pages at once, two tokens each, through the normal path (page files, lanes) do that work
+before users arrive (6 s on an H100).
 """
 
 from __future__ import annotations
