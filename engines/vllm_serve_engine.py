@@ -250,8 +250,8 @@ class ManagedVLLMServeEngine(RemoteEngine):
                 outcomes = await asyncio.gather(
                     *(self._run(r) for r in warm_requests(self, self.settings, pages)), return_exceptions=True
                 )
-        except TimeoutError:
-            outcomes = [TimeoutError(f"not done in {WARMUP_TIMEOUT_S:.0f} s")]
+        except TimeoutError:  # every page still out was cancelled with it
+            outcomes = [TimeoutError(f"the warm-up was not done in {WARMUP_TIMEOUT_S:.0f} s")] * pages
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         self.warmup = {"pages": pages, "failed": len(failed), "seconds": round(time.monotonic() - t0, 1)}
         if failed:

@@ -26,6 +26,7 @@ from PIL import Image
 
 import pipeline
 from config import Settings
+from deepseek_ocr import EngineUnavailable, OCRResult
 from engines import vllm_serve_engine
 from engines.factory import build_engine
 from engines.remote_engine import chat_body
@@ -321,3 +322,33 @@ def test_a_child_that_exits_or_never_answers_is_reported(tmp_path):
 
     engine = asyncio.run(start(lambda port: ["sh", "-c", "sleep 600 & exec sleep 600"], 1))
     assert not engine.ready and "VLLM_SERVE_START_TIMEOUT_S" in engine.error
+
+
+def test_a_warm_up_holds_readiness_and_a_failing_or_hanging_one_does_not_block_it(monkeypatch, tmp_path):
+    """The warm-up's logic (its pages through a real child: test_pages_go_through_the_managed_child_...)."""
+    engine = ManagedVLLMServeEngine(Settings(_env_file=None, vllm_api_servers=2, data_dir=tmp_path))
+    engine.backends[0].up = True
+    seen: list = []
+
+    async def some_fail(req):
+        seen.append((req, engine.ready, engine.error))
+        if len(seen) == 2:
+            raise EngineUnavailable("the child dropped it")
+        return OCRResult(text="", prompt_tokens=1, output_tokens=2, finish_reason="length")
+
+    monkeypatch.setattr(engine, "_run", some_fail)
+    asyncio.run(engine._warm_up(3))
+    assert engine.warmup is not None and engine.warmup["pages"] == 3 and engine.warmup["failed"] == 1
+    assert engine.ready and engine.error is None  # ready again once it is done
+    assert all(not ready and error.startswith("warming up (64 pages") for _, ready, error in seen)
+    assert all(r.image.size == (1240, 1754) and r.max_tokens == 2 and r.ignore_eos for r, _, _ in seen)
+    assert {r.mode.name for r, _, _ in seen} == {engine.default_mode()}
+
+    async def hang(req):
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(engine, "_run", hang)
+    monkeypatch.setattr(vllm_serve_engine, "WARMUP_TIMEOUT_S", 0.2)
+    t0 = time.monotonic()
+    asyncio.run(engine._warm_up(3))
+    assert time.monotonic() - t0 < 5 and engine.warmup["failed"] == 3 and engine.ready
