@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
+import pipeline
 from config import Settings
-from deepseek_ocr import OCREngine, OCRRequest, resolve_prompt
-from process.image_process import get_mode, plan_tiles
+from deepseek_ocr import OCREngine, OCRRequest
 
 A4 = (1240, 1754)  # 150 dpi: the size the throughput figures use
 TOKENS = 2
@@ -29,14 +29,10 @@ def warm_page(size: tuple[int, int] = A4) -> Image.Image:
 
 
 def warm_requests(engine: OCREngine, settings: Settings, pages: int) -> list[OCRRequest]:
-    """`pages` requests for one page each, in the engine's default mode, with the repetition guard as configured."""
+    """`pages` requests for one page each, built as a user's page is (default prompt and mode, the guard as
+    configured), with two tokens each."""
     page = warm_page()
-    mode = get_mode(None, engine.default_mode(), engine.modes)
-    plan = plan_tiles(page.width, page.height, mode, settings.min_crops, settings.max_crops, engine.token_strategy)
-    spec = resolve_prompt(None)
-    guard = {"ngram_size": settings.ngram_size, "ngram_window": settings.ngram_window,
-             "ngram_whitelist": tuple(settings.ngram_whitelist_token_ids)}  # fmt: skip
     return [
-        OCRRequest(page, spec, mode, plan, max_tokens=TOKENS, ignore_eos=True, request_id=f"warm-up-{i}", **guard)
-        for i in range(pages)
+        pipeline.build_request(settings, page, None, engine=engine, max_tokens=TOKENS, ignore_eos=True)
+        for _ in range(pages)
     ]

@@ -59,22 +59,23 @@ def _coeffs(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return index, weight
 
 
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`; to a GPU from pinned memory, so the copy does not wait for the GPU's queued work
+    (PyTorch synchronises a blocking host-to-GPU copy, and the engine core could not queue a step ahead)."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 @functools.lru_cache(maxsize=64)
 def _coeffs_on(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """_coeffs on `device`, copied there once (not on every pass of every page), from pinned memory on a GPU so
-    that a new page size does not wait for the GPU's queued work."""
+    """_coeffs on `device`, copied there once (not on every pass of every page)."""
     index, weight = _coeffs(in_size, out_size)
-    if device.type != "cuda":
-        return index.to(device), weight.to(device)
-    return index.pin_memory().to(device, non_blocking=True), weight.pin_memory().to(device, non_blocking=True)
+    return _to(index, device), _to(weight, device)
 
 
 @functools.lru_cache(maxsize=16)
 def _color_on(color: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """A fill colour on `device`, copied there once: a blocking host-to-GPU copy on every page waited for the GPU
-    (PyTorch synchronises it), so the engine core could not queue an encoder step ahead."""
-    color_t = torch.tensor(color, dtype=torch.uint8)
-    return color_t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else color_t.to(device)
+    """A fill colour on `device`, copied there once, not for every page."""
+    return _to(torch.tensor(color, dtype=torch.uint8), device)
 
 
 def _resample(img: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
