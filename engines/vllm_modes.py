@@ -124,7 +124,7 @@ def pages_without_views(processor, prompt: str, images: Sequence, cropping: bool
     size, base, crops = processor.image_size, processor.base_size, processor.max_crops
     ids, grids = [processor.bos_id], []
     for text, image in zip(texts, images, strict=False):
-        width, height = image.size
+        width, height = vllm_views.page_size(image)
         ids += processor.encode(text, bos=False, eos=False)
         count = image_token_count(width, height, base_size=base, image_size=size, cropping=cropping,
                                   max_crops=crops, strategy=processor.strategy)  # fmt: skip

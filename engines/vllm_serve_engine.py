@@ -67,6 +67,7 @@ DEATH_WAIT_S = 10.0
 STOP_GRACE_S = 30.0
 WARMUP_TIMEOUT_S = 300.0  # a warm-up that takes longer is given up (logged): readiness follows health
 SERVED_BY_MIDDLEWARE = "engines.vllm_served_by.ServedBy"
+PAGE_CONNECTOR = "deepseek_ocr_pages"  # engines/vllm_page_loader.py's name (not imported here: it imports vLLM)
 KEEP_ALIVE_S = 86400  # the child's keep-alive for idle connections (vLLM's default: 5 s)
 
 
@@ -124,6 +125,14 @@ def serve_env(base: Mapping[str, str]) -> dict[str, str]:
     if folder := tuned_moe_folder():
         env.setdefault("VLLM_TUNED_CONFIG_FOLDER", folder)
     return env
+
+
+def page_connector(settings: Settings, family: str | None) -> dict[str, str]:
+    """The child's media connector for page files: read straight into the processor's tensor
+    (engines/vllm_page_loader.py), which only the DEVICE_VIEWS processor of DeepSeek-OCR takes."""
+    if settings.vllm_page_files and settings.device_views and family == "DeepSeek-OCR":
+        return {"VLLM_MEDIA_CONNECTOR": PAGE_CONNECTOR}
+    return {}
 
 
 def write_chat_template(folder: Path) -> Path:
@@ -197,6 +206,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
         self.page_files = PageFiles(choose_folder(settings.data_dir)) if settings.vllm_page_files else None
         self._warming = False
         self.warmup: dict | None = None  # pages, failed, seconds
+        self.media_connector: str | None = None  # vLLM's, in the child (engines/vllm_page_loader.py)
         if family := model_family(settings.model_path):
             self.modes, self.token_strategy = FAMILY_MODES[family]
 
@@ -282,7 +292,9 @@ class ManagedVLLMServeEngine(RemoteEngine):
         template = write_chat_template(work)
         argv = self._argv(self.port) if self._argv else serve_argv(self.settings, self.port, template, media)
         log.info("starting: %s (log %s)", " ".join(argv), self.log_path)
-        env = serve_env({**os.environ, **model_env(self.settings), **self._env})
+        connector = page_connector(self.settings, model_family(self.settings.model_path))
+        env = serve_env({**connector, **os.environ, **model_env(self.settings), **self._env})  # a set one wins
+        self.media_connector = env.get("VLLM_MEDIA_CONNECTOR", "http")
         with self.log_path.open("wb") as out:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
@@ -428,6 +440,8 @@ class ManagedVLLMServeEngine(RemoteEngine):
             "pid": self._proc.pid if self._proc else None,
             "log": str(self.log_path) if self.log_path else None,
             "start_seconds": self.start_seconds,
-            **({"page_files": self.page_files.info()} if self.page_files else {}),
+            **(
+                {"page_files": {**self.page_files.info(), "connector": self.media_connector}} if self.page_files else {}
+            ),
             "warmup": self.warmup,
         }

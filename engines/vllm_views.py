@@ -27,14 +27,24 @@ PLAN = "view_plan"  # per page: (base_size, image_size, crop_mode)
 PAD_COLOR = (127, 127, 127)  # the processor's pad colour: int(0.5 * 255) per channel (mean 0.5)
 
 
-def page_tensor(image: Image.Image) -> torch.Tensor:
+def page_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
     """A page's RGB pixels as the processor sends them: uint8 [H, W, 3], Pillow's own layout, so the API process
     copies the page once (Pillow's bytes); the GPU puts the channels first. (Converting an RGB page to RGB, and
-    transposing it to [3, H, W] on the CPU, took a third of an API process's time per page: bench/RESULTS.md.)"""
+    transposing it to [3, H, W] on the CPU, took a third of an API process's time per page: bench/RESULTS.md.)
+    A page file read by engines/vllm_page_loader.py is that tensor already."""
+    if isinstance(image, torch.Tensor):
+        return image
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     with warnings.catch_warnings():  # Pillow's bytes are read-only; nothing writes to a page
         warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
         return torch.from_numpy(np.asarray(rgb))
+
+
+def page_size(image: Image.Image | torch.Tensor) -> tuple[int, int]:
+    """(width, height) of a Pillow page or of a [H, W, 3] page tensor."""
+    if isinstance(image, torch.Tensor):
+        return image.shape[1], image.shape[0]
+    return image.size
 
 
 def enabled() -> bool:

@@ -1,0 +1,104 @@
+"""vLLM media connector `deepseek_ocr_pages` (VLLM_MEDIA_CONNECTOR, registered by engines/vllm_register.py): a
+page file (engines/page_files.py) is read straight into the uint8 [H, W, 3] tensor that the DEVICE_VIEWS processor
+sends to the engine (engines/vllm_views.py).
+
+vLLM's own image loader opens the file with Pillow, unpacks it into Pillow's 4-byte pixels, copies it again in
+`exif_transpose`, and the processor copies it a third time into a tensor: most of an API process's time per page
+once the views were cut on the GPU (bench/RESULTS.md). Here one read fills the tensor. Only the DEVICE_VIEWS
+processor takes a tensor, so the managed engine names this connector only with DEVICE_VIEWS on DeepSeek-OCR; any
+other URL, and a file this does not parse, goes through vLLM's loader unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import torch
+
+try:
+    from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
+except ImportError:  # no vLLM here (CI, the CPU engine): the reading stays testable
+    MEDIA_CONNECTOR_REGISTRY = None
+    MediaConnector = object  # type: ignore[assignment,misc]
+
+NAME = "deepseek_ocr_pages"
+log = logging.getLogger(f"vllm.{NAME}")  # under vLLM's logger: its handler prints this in vLLM's processes
+# What Pillow writes for a PPM (RGB, "P6") or PGM (L, "P5") page: magic, width, height, 255, one whitespace.
+HEADER = re.compile(rb"P([56])\s+(\d+)\s+(\d+)\s+255\s")
+HEADER_MAX = 64
+
+
+def page_file(url: str, allowed: Path | None) -> Path | None:
+    """The page file a `file://` URL names, if it is a PPM/PGM inside the folder vLLM may read (else None)."""
+    parts = urlsplit(url)
+    if parts.scheme != "file" or allowed is None:
+        return None
+    path = Path(unquote(parts.netloc + parts.path))
+    if path.suffix not in (".ppm", ".pgm") or allowed not in path.resolve().parents:
+        return None
+    return path
+
+
+def read_page(path: Path) -> torch.Tensor | None:
+    """A PPM/PGM page as uint8 [H, W, 3] (a grey page's channel repeated, as convert("RGB") does), filled by one
+    read; None if the header is not the plain one Pillow writes (vLLM's loader reads it then)."""
+    with path.open("rb", buffering=0) as f:
+        head = f.read(HEADER_MAX)
+        m = HEADER.match(head)
+        if m is None:
+            return None
+        channels = 3 if m[1] == b"6" else 1
+        width, height = int(m[2]), int(m[3])
+        size = width * height * channels
+        if size == 0:
+            return None
+        buf = bytearray(size)
+        f.seek(m.end())
+        view, got = memoryview(buf), 0
+        while got < size and (n := f.readinto(view[got:])):
+            got += n
+    if got != size:
+        raise ValueError(f"page file {path.name} is truncated: {got} of {size} pixel bytes")
+    page = torch.frombuffer(buf, dtype=torch.uint8).view(height, width, channels)
+    return page if channels == 3 else page.expand(height, width, 3).contiguous()
+
+
+class PageFileConnector(MediaConnector):
+    """vLLM's MediaConnector, but a page file becomes the processor's tensor without Pillow."""
+
+    pages_read = 0  # in this process (the first is logged: the connector is in use)
+
+    def fetch_image(self, image_url: str, *, image_mode: str = "RGB"):
+        path = self._page_path(image_url, image_mode)
+        if path is not None and (page := read_page(path)) is not None:
+            return self._counted(page)
+        return super().fetch_image(image_url, image_mode=image_mode)  # type: ignore[misc]
+
+    async def fetch_image_async(self, image_url: str, *, image_mode: str = "RGB"):
+        path = self._page_path(image_url, image_mode)
+        if (
+            path is not None
+            and (page := await asyncio.get_running_loop().run_in_executor(None, read_page, path)) is not None
+        ):
+            return self._counted(page)
+        return await super().fetch_image_async(image_url, image_mode=image_mode)  # type: ignore[misc]
+
+    @classmethod
+    def _counted(cls, page: torch.Tensor) -> torch.Tensor:
+        cls.pages_read += 1
+        if cls.pages_read == 1:
+            log.info("%s: page files are read straight into the processor's tensors", NAME)
+        return page
+
+    def _page_path(self, image_url: str, image_mode: str) -> Path | None:
+        return page_file(image_url, self.allowed_local_media_path) if image_mode == "RGB" else None
+
+
+def register() -> None:
+    """Make the connector loadable by name in this vLLM process."""
+    if MEDIA_CONNECTOR_REGISTRY is not None:
+        MEDIA_CONNECTOR_REGISTRY.register(NAME)(PageFileConnector)

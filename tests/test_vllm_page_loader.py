@@ -1,0 +1,97 @@
+"""The page-file media connector (engines/vllm_page_loader.py): a page file read straight into the tensor the
+DEVICE_VIEWS processor sends holds the pixels Pillow would have decoded; anything else is left to vLLM's loader.
+
+vLLM is not installed here: the connector's base class is then a plain object, so what is tested is its reading,
+its choice of files and the managed engine's choice of connector; vLLM calling it is checked on the GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import numpy as np
+import pytest
+import torch
+from conftest import render
+from PIL import Image
+
+from config import Settings
+from engines import vllm_page_loader, vllm_views
+from engines.page_files import PageFiles
+from engines.vllm_page_loader import PageFileConnector, page_file, read_page
+from engines.vllm_serve_engine import PAGE_CONNECTOR, page_connector
+
+
+def scan() -> Image.Image:
+    """A real page: one of ../shared/testdata's PDFs rendered at 100 dpi."""
+    return Image.open(io.BytesIO(render("2305.03393v1-pg9.pdf", dpi=100))).convert("RGB")
+
+
+@pytest.fixture
+def files(tmp_path):
+    pages = PageFiles(tmp_path / "pages")
+    pages.open()
+    yield pages
+    pages.close()
+
+
+def test_a_page_file_reads_as_the_processors_tensor(files):
+    page = scan()
+    for image in (page, page.convert("L")):  # PPM and PGM, as PageFiles writes them
+        path = files.write(image)
+        got = read_page(path)
+        assert got is not None and got.dtype == torch.uint8 and got.is_contiguous()
+        assert torch.equal(got, vllm_views.page_tensor(image))  # what the processor made from Pillow's page
+        assert vllm_views.page_size(got) == image.size
+        got[0, 0, 0] = 1  # its own memory: writable, nothing shared with the file
+
+
+def test_headers_this_does_not_parse_are_left_to_vllm(tmp_path):
+    commented = tmp_path / "c.ppm"
+    commented.write_bytes(b"P6\n# a comment\n2 1\n255\n" + bytes(6))
+    assert read_page(commented) is None
+    deep = tmp_path / "d.pgm"
+    Image.new("I;16", (4, 3), 300).save(deep, "PPM")  # 16-bit samples (maxval 65535)
+    assert read_page(deep) is None
+    truncated = tmp_path / "t.ppm"
+    truncated.write_bytes(b"P6\n4 4\n255\n" + bytes(10))
+    with pytest.raises(ValueError, match="truncated"):
+        read_page(truncated)
+
+
+def test_only_page_files_in_the_allowed_folder_are_taken(files, tmp_path):
+    allowed = files.folder.resolve()
+    path = files.write(scan())
+    assert page_file(path.as_uri(), allowed) == path
+    spaced = files.folder / "a page.ppm"  # as_uri() percent-encodes the space
+    assert page_file(spaced.as_uri(), allowed) == spaced
+    outside = tmp_path / "x.ppm"
+    assert page_file(outside.as_uri(), allowed) is None
+    assert page_file((files.folder / ".." / "x.ppm").as_uri(), allowed) is None
+    assert page_file((files.folder / "a.png").as_uri(), allowed) is None
+    assert page_file("http://example.com/a.ppm", allowed) is None
+    assert page_file("data:image/png;base64,AAAA", allowed) is None
+    assert page_file(path.as_uri(), None) is None  # vLLM was not allowed any folder
+
+
+def test_the_connector_returns_the_tensor_for_a_page_file(files):
+    page = scan()
+    path = files.write(page)
+    connector = PageFileConnector()
+    connector.allowed_local_media_path = files.folder.resolve()  # what vLLM's __init__ sets
+    before = PageFileConnector.pages_read
+    got = asyncio.run(connector.fetch_image_async(path.as_uri()))
+    assert torch.equal(got, torch.from_numpy(np.asarray(page)))
+    assert torch.equal(connector.fetch_image(path.as_uri()), got)
+    assert PageFileConnector.pages_read == before + 2
+
+
+def test_the_managed_engine_names_the_connector_only_where_the_processor_takes_tensors():
+    on = Settings(engine="vllm", vllm_page_files=True, device_views=True)
+    assert PAGE_CONNECTOR == vllm_page_loader.NAME
+    assert page_connector(on, "DeepSeek-OCR") == {"VLLM_MEDIA_CONNECTOR": PAGE_CONNECTOR}
+    assert page_connector(on, "DeepSeek-OCR-2") == {}  # its processor takes Pillow pages
+    assert page_connector(on, None) == {}  # an unknown model
+    assert page_connector(on.model_copy(update={"device_views": False}), "DeepSeek-OCR") == {}
+    assert page_connector(on.model_copy(update={"vllm_page_files": False}), "DeepSeek-OCR") == {}
