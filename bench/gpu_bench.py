@@ -177,19 +177,22 @@ def metric(text: str, name: str) -> float | None:
 
 
 FRONT_HISTOGRAM = "ocr_vllm_front_seconds"  # engines/vllm_front_stats.py, a vLLM stat-logger plugin
+PREP_HISTOGRAM = "ocr_vllm_prep_seconds"  # its API-process part: page file load to the processor's output
+HISTOGRAMS = {"front": FRONT_HISTOGRAM, "prep": PREP_HISTOGRAM}
 
 
 def vllm_time_sums(metrics_url: str) -> dict[str, float]:
     """Sums and counts of vLLM's per-request time histograms (its /metrics: in this service's in-process, the
-    managed `vllm serve`'s otherwise), and the buckets of our front-time histogram ("le=<bound>")."""
+    managed `vllm serve`'s otherwise), and the buckets of our front and prep histograms ("front le=<bound>")."""
     text = scrape(metrics_url)
     if not text:
         return {}
     sums = {f"{name}_{part}": metric(text, f"vllm:{name}_seconds_{part}") or 0.0
             for name in VLLM_TIMES for part in ("sum", "count")}  # fmt: skip
-    for m in re.finditer(rf'^{FRONT_HISTOGRAM}_bucket{{[^}}]*le="([^"]+)"[^}}]*}} ([0-9.eE+-]+)$', text, re.M):
-        key = f"le={m.group(1)}"
-        sums[key] = sums.get(key, 0.0) + float(m.group(2))
+    for short, name in HISTOGRAMS.items():
+        for m in re.finditer(rf'^{name}_bucket{{[^}}]*le="([^"]+)"[^}}]*}} ([0-9.eE+-]+)$', text, re.M):
+            key = f"{short} le={m.group(1)}"
+            sums[key] = sums.get(key, 0.0) + float(m.group(2))
     return sums
 
 
@@ -220,8 +223,11 @@ def vllm_front(before: dict[str, float], after: dict[str, float]) -> dict:
         return {}
     mean = {k: d[f"{k}_sum"] / n for k in VLLM_TIMES}
     front = mean["e2e_request_latency"] - mean["request_queue_time"] - mean["request_inference_time"]
-    buckets = {float(k[3:]): v for k, v in d.items() if k.startswith("le=")}
-    quantiles = {f"vllm_front_p{int(q * 100)}_s": bucket_quantile(buckets, q) for q in (0.5, 0.9)} if buckets else {}
+    quantiles = {}
+    for short in HISTOGRAMS:
+        buckets = {float(k.split("=")[1]): v for k, v in d.items() if k.startswith(f"{short} le=")}
+        if buckets:
+            quantiles |= {f"vllm_{short}_p{int(q * 100)}_s": bucket_quantile(buckets, q) for q in (0.5, 0.9)}
     return {"vllm_front_mean_s": round(front, 3), **quantiles,
             "vllm_ttft_mean_s": round(mean["time_to_first_token"], 3),
             "vllm_queue_mean_s": round(mean["request_queue_time"], 3),

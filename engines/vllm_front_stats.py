@@ -1,5 +1,6 @@
 """vLLM stat-logger plugin (entry point in vllm_plugin/pyproject.toml): each request's time before vLLM's engine
-queue, as the Prometheus histogram `ocr_vllm_front_seconds`.
+queue, as the Prometheus histogram `ocr_vllm_front_seconds`; and the part of it that is preprocessing,
+`ocr_vllm_prep_seconds`.
 
 vLLM's own histograms give that time only as a difference of means (e2e - queue - inference): no median, no tail.
 This is the wait the preprocessing target is about: from the moment vLLM has the request (its renderer starts)
@@ -7,10 +8,16 @@ until its engine core has it queued: media loading, the processor, the hop to th
 the engine core's current step to end. vLLM builds one per API process (`vllm serve`) or per in-process engine;
 with several API processes prometheus_client's multiprocess mode sums them, as it does vLLM's own metrics.
 Without vLLM (CI, the CPU engine) the class is a plain object and the arithmetic stays testable.
+
+The front also holds the wait for the engine core's current step to end: a request that reaches the engine core
+mid-step is queued when the step ends (0.3-0.8 s encoder steps under a burst). `ocr_vllm_prep_seconds` is the API
+process's own part, timed on the page itself: from the page file's load (engines/vllm_page_loader.py stamps the
+tensor) to the DEVICE_VIEWS processor's output (engines/vllm_modes.py), waits for the renderer's thread included.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -27,6 +34,21 @@ FRONT = Histogram(
     "seconds from vLLM receiving a request until its engine core queued it (input processing, the hop, the step)",
     buckets=BUCKETS,
 )
+
+PREP = Histogram(
+    "ocr_vllm_prep_seconds",
+    "seconds from vLLM loading a page file to the processor's output, in vLLM's API process (page files only)",
+    buckets=BUCKETS,
+)
+FETCHED = "ocr_fetched_at"  # the attribute engines/vllm_page_loader.py stamps on a page tensor (time.time())
+
+
+def observe_prep(pages: Iterable[object]) -> None:
+    """Each stamped page's time from its load until now (the processor has its output); others are not timed."""
+    now = time.time()
+    for page in pages:
+        if (t0 := getattr(page, FETCHED, None)) is not None:
+            PREP.observe(max(0.0, now - t0))
 
 
 class Finished(Protocol):

@@ -43,7 +43,7 @@ from vllm.transformers_utils.processors.deepseek_ocr import (
     count_tiles,
 )
 
-from engines import vllm_encoder, vllm_pixels, vllm_views
+from engines import vllm_encoder, vllm_front_stats, vllm_pixels, vllm_views
 
 PATCH_SIZE = 16
 DOWNSAMPLE_RATIO = 4
@@ -171,7 +171,9 @@ class ModeAwareOCRProcessor(_ModeAwareUpdates, DeepseekOCRMultiModalProcessor):
         if not (vllm_views.enabled() and mm_data.get("images")):
             return super()._call_hf_processor(prompt, mm_data, mm_kwargs, tok_kwargs)
         processor = self.info.get_hf_processor(**mm_kwargs)
-        return pages_without_views(processor, prompt, mm_data["images"], bool(mm_kwargs.get("crop_mode", CROP_MODE)))
+        out = pages_without_views(processor, prompt, mm_data["images"], bool(mm_kwargs.get("crop_mode", CROP_MODE)))
+        vllm_front_stats.observe_prep(mm_data["images"])
+        return out
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
         fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))

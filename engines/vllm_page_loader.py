@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import torch
+
+from engines.vllm_front_stats import FETCHED
 
 try:
     from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
@@ -73,22 +76,23 @@ class PageFileConnector(MediaConnector):
     pages_read = 0  # in this process (the first is logged: the connector is in use)
 
     def fetch_image(self, image_url: str, *, image_mode: str = "RGB"):
-        path = self._page_path(image_url, image_mode)
+        path, t0 = self._page_path(image_url, image_mode), time.time()
         if path is not None and (page := read_page(path)) is not None:
-            return self._counted(page)
+            return self._counted(page, t0)
         return super().fetch_image(image_url, image_mode=image_mode)  # type: ignore[misc]
 
     async def fetch_image_async(self, image_url: str, *, image_mode: str = "RGB"):
-        path = self._page_path(image_url, image_mode)
+        path, t0 = self._page_path(image_url, image_mode), time.time()
         if (
             path is not None
             and (page := await asyncio.get_running_loop().run_in_executor(None, read_page, path)) is not None
         ):
-            return self._counted(page)
+            return self._counted(page, t0)
         return await super().fetch_image_async(image_url, image_mode=image_mode)  # type: ignore[misc]
 
     @classmethod
-    def _counted(cls, page: torch.Tensor) -> torch.Tensor:
+    def _counted(cls, page: torch.Tensor, t0: float) -> torch.Tensor:
+        setattr(page, FETCHED, t0)  # ocr_vllm_prep_seconds is timed from here (engines/vllm_front_stats.py)
         cls.pages_read += 1
         if cls.pages_read == 1:
             log.info("%s: page files are read straight into the processor's tensors", NAME)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from PIL import Image
 from config import Settings
 from engines import vllm_page_loader, vllm_views
 from engines.page_files import PageFiles
+from engines.vllm_front_stats import FETCHED
 from engines.vllm_page_loader import PageFileConnector, page_file, read_page
 from engines.vllm_serve_engine import PAGE_CONNECTOR, page_connector
 
@@ -80,8 +82,9 @@ def test_the_connector_returns_the_tensor_for_a_page_file(files):
     path = files.write(page)
     connector = PageFileConnector()
     connector.allowed_local_media_path = files.folder.resolve()  # what vLLM's __init__ sets
-    before = PageFileConnector.pages_read
+    before, t0 = PageFileConnector.pages_read, time.time()
     got = asyncio.run(connector.fetch_image_async(path.as_uri()))
+    assert t0 <= getattr(got, FETCHED) <= time.time()  # ocr_vllm_prep_seconds counts from the load
     assert torch.equal(got, torch.from_numpy(np.asarray(page)))
     assert torch.equal(connector.fetch_image(path.as_uri()), got)
     assert PageFileConnector.pages_read == before + 2
