@@ -3,16 +3,16 @@ queue, as the Prometheus histogram `ocr_vllm_front_seconds`; and the part of it 
 `ocr_vllm_prep_seconds`.
 
 vLLM's own histograms give that time only as a difference of means (e2e - queue - inference): no median, no tail.
-This is the wait the preprocessing target is about: from the moment vLLM has the request (its renderer starts)
-until its engine core has it queued: media loading, the processor, the hop to the engine core, and the wait for
+It spans the time from the moment vLLM has the request (its renderer starts) until its engine core has it
+queued: media loading, the processor, the hop to the engine core, and the wait for
 the engine core's current step to end. vLLM builds one per API process (`vllm serve`) or per in-process engine;
 with several API processes prometheus_client's multiprocess mode sums them, as it does vLLM's own metrics.
 Without vLLM (CI, the CPU engine) the class is a plain object and the arithmetic stays testable.
 
-The front also holds the wait for the engine core's current step to end: a request that reaches the engine core
-mid-step is queued when the step ends (0.3-0.8 s encoder steps under a burst). `ocr_vllm_prep_seconds` is the API
-process's own part, timed on the page itself: from the page file's load (engines/vllm_page_loader.py stamps the
-tensor) to the DEVICE_VIEWS processor's output (engines/vllm_modes.py), waits for the renderer's thread included.
+Under a burst that wait dominates (0.6-0.9 s encoder steps: vLLM takes new requests only between steps), so
+`ocr_vllm_prep_seconds` gives the API process's own part, timed on the page itself: from the page file's load
+(engines/vllm_page_loader.py stamps the tensor) to the DEVICE_VIEWS processor's output (engines/vllm_modes.py),
+waits for the renderer's thread included.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ page file (engines/page_files.py) is read straight into the uint8 [H, W, 3] tens
 sends to the engine (engines/vllm_views.py).
 
 vLLM's own image loader opens the file with Pillow, unpacks it into Pillow's 4-byte pixels, copies it again in
-`exif_transpose`, and the processor copies it a third time into a tensor: most of an API process's time per page
-once the views were cut on the GPU (bench/RESULTS.md). Here one read fills the tensor. Only the DEVICE_VIEWS
+`exif_transpose`, and the processor copies it a third time into a tensor: a third of an API process's time per
+page once the views were cut on the GPU (bench/RESULTS.md). Here one read fills the tensor. Only the DEVICE_VIEWS
 processor takes a tensor, so the managed engine names this connector only with DEVICE_VIEWS on DeepSeek-OCR; any
 other URL, and a file this does not parse, goes through vLLM's loader unchanged.
 """
