@@ -4,9 +4,9 @@ queue, as the Prometheus histogram `ocr_vllm_front_seconds`; and the part of it 
 
 vLLM's own histograms give that time only as a difference of means (e2e - queue - inference): no median, no tail.
 It spans the time from the moment vLLM has the request (its renderer starts) until its engine core has it
-queued: media loading, the processor, the hop to the engine core, and the wait for
-the engine core's current step to end. vLLM builds one per API process (`vllm serve`) or per in-process engine;
-with several API processes prometheus_client's multiprocess mode sums them, as it does vLLM's own metrics.
+queued: media loading, the processor, the hop to the engine core, and the wait for the engine core's current step
+to end. vLLM builds one per API process (`vllm serve`) or per in-process engine; with several API processes
+prometheus_client's multiprocess mode sums them, as it does vLLM's own metrics.
 Without vLLM (CI, the CPU engine) the class is a plain object and the arithmetic stays testable.
 
 Under a burst that wait dominates (0.6-0.9 s encoder steps: vLLM takes new requests only between steps), so
