@@ -135,6 +135,13 @@ def page_connector(settings: Settings, family: str | None) -> dict[str, str]:
     return {}
 
 
+def child_env(settings: Settings, base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """The managed child's whole environment: the page connector unless `base` names one, this service's
+    environment, the model classes' switches, then `extra` (tests)."""
+    connector = page_connector(settings, model_family(settings.model_path))
+    return serve_env({**connector, **base, **model_env(settings), **extra})
+
+
 def write_chat_template(folder: Path) -> Path:
     path = folder / "chat_template.jinja"
     path.write_text(CHAT_TEMPLATE)
@@ -292,8 +299,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
         template = write_chat_template(work)
         argv = self._argv(self.port) if self._argv else serve_argv(self.settings, self.port, template, media)
         log.info("starting: %s (log %s)", " ".join(argv), self.log_path)
-        connector = page_connector(self.settings, model_family(self.settings.model_path))
-        env = serve_env({**connector, **os.environ, **model_env(self.settings), **self._env})  # a set one wins
+        env = child_env(self.settings, os.environ, self._env)
         self.media_connector = env.get("VLLM_MEDIA_CONNECTOR", "http")
         with self.log_path.open("wb") as out:
             self._proc = await asyncio.create_subprocess_exec(

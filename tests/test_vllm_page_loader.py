@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 
 import numpy as np
@@ -22,7 +23,7 @@ from engines import vllm_page_loader, vllm_views
 from engines.page_files import PageFiles
 from engines.vllm_front_stats import FETCHED
 from engines.vllm_page_loader import PageFileConnector, page_file, read_page
-from engines.vllm_serve_engine import PAGE_CONNECTOR, page_connector
+from engines.vllm_serve_engine import PAGE_CONNECTOR, child_env, page_connector
 
 
 def scan() -> Image.Image:
@@ -98,3 +99,16 @@ def test_the_managed_engine_names_the_connector_only_where_the_processor_takes_t
     assert page_connector(on, None) == {}  # an unknown model
     assert page_connector(on.model_copy(update={"device_views": False}), "DeepSeek-OCR") == {}
     assert page_connector(on.model_copy(update={"vllm_page_files": False}), "DeepSeek-OCR") == {}
+
+
+def test_the_child_gets_the_connector_for_a_local_deepseek_ocr_folder(tmp_path):
+    ocr, ocr2 = tmp_path / "ocr", tmp_path / "ocr2"
+    for folder, arch in ((ocr, "DeepseekOCRForCausalLM"), (ocr2, "DeepseekOCR2ForCausalLM")):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"architectures": [arch]}))
+    settings = Settings(engine="vllm", model_path=str(ocr), vllm_page_files=True, device_views=True)
+    env = child_env(settings, {"PATH": "/usr/bin"}, {})
+    assert env["VLLM_MEDIA_CONNECTOR"] == PAGE_CONNECTOR and env["DEVICE_VIEWS"] == "1"
+    assert child_env(settings, {"VLLM_MEDIA_CONNECTOR": "http"}, {})["VLLM_MEDIA_CONNECTOR"] == "http"  # set: kept
+    other = settings.model_copy(update={"model_path": str(ocr2)})
+    assert "VLLM_MEDIA_CONNECTOR" not in child_env(other, {}, {})
