@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pymupdf
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from rapidfuzz.distance import Levenshtein
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +58,11 @@ def cer(hyp: str, ref: str) -> float:
 
 def render(pdf: str, page: int = 0, dpi: int = 144) -> bytes:
     return pymupdf.open(DOCLING / pdf)[page].get_pixmap(dpi=dpi).tobytes("png")
+
+
+def scan_page() -> Image.Image:
+    """A real page as RGB pixels: one of ../shared/testdata's PDFs rendered at 100 dpi."""
+    return Image.open(io.BytesIO(render("2305.03393v1-pg9.pdf", dpi=100))).convert("RGB")
 
 
 def page_text(pdf: str, page: int = 0) -> str:

@@ -14,18 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import render
+from conftest import scan_page
 from PIL import Image
 
 import pipeline
 from config import Settings
 from engines.page_files import PageFiles, choose_folder
 from engines.vllm_serve_engine import ManagedVLLMServeEngine, serve_argv
-
-
-def scan() -> Image.Image:
-    """A real page: one of ../shared/testdata's PDFs rendered at 100 dpi."""
-    return Image.open(io.BytesIO(render("2305.03393v1-pg9.pdf", dpi=100))).convert("RGB")
 
 
 def same_pixels(a: Image.Image, b: Image.Image) -> bool:
@@ -35,7 +30,7 @@ def same_pixels(a: Image.Image, b: Image.Image) -> bool:
 def test_a_page_file_holds_exactly_the_pages_pixels(tmp_path):
     files = PageFiles(tmp_path / "pages")
     files.open()
-    page = scan()
+    page = scan_page()
     for image in (page, page.convert("L")):
         path = files.write(image)
         assert path is not None and path.parent == files.folder
@@ -51,10 +46,10 @@ def test_a_page_file_holds_exactly_the_pages_pixels(tmp_path):
 def test_modes_ppm_does_not_hold_and_unwritable_folders_fall_back(tmp_path):
     files = PageFiles(tmp_path / "pages")
     files.open()
-    assert files.write(scan().convert("RGBA")) is None  # PPM holds RGB and L only: a data URL instead
+    assert files.write(scan_page().convert("RGBA")) is None  # PPM holds RGB and L only: a data URL instead
     files.close()  # the folder is gone: writing fails, the page is not lost
     assert not files.folder.exists()
-    assert files.write(scan()) is None
+    assert files.write(scan_page()) is None
     assert files.fallbacks == 2 and files.written == 0
 
 
@@ -63,7 +58,7 @@ def test_pages_are_written_while_the_shared_thread_pool_is_busy(tmp_path):
     vLLM without waiting for them, so its file is written by the folder's own threads."""
     files = PageFiles(tmp_path / "pages")
     files.open()
-    page = scan()
+    page = scan_page()
 
     async def burst() -> list[Path | None]:
         release = threading.Event()
@@ -84,7 +79,7 @@ def test_pages_are_written_while_the_shared_thread_pool_is_busy(tmp_path):
 def test_open_clears_a_previous_runs_leftovers(tmp_path):
     files = PageFiles(tmp_path / "pages")
     files.open()
-    stale = files.write(scan())
+    stale = files.write(scan_page())
     PageFiles(files.folder).open()
     assert stale is not None and not stale.exists() and files.folder.is_dir()
 
@@ -112,7 +107,7 @@ def test_the_managed_engine_sends_a_file_while_the_page_is_in_flight(tmp_path, o
     assert (engine.page_files is not None) is on
     if engine.page_files:
         engine.page_files.open()
-    page = scan()
+    page = scan_page()
     req = pipeline.build_request(s, page, None, engine=engine)
 
     async def send() -> tuple[str, Path | None]:

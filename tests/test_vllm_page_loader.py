@@ -8,14 +8,13 @@ its choice of files and the managed engine's choice of connector; vLLM calling i
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import render
+from conftest import scan_page
 from PIL import Image
 
 from config import Settings
@@ -24,11 +23,6 @@ from engines.page_files import PageFiles
 from engines.vllm_front_stats import FETCHED
 from engines.vllm_page_loader import PageFileConnector, page_file, read_page
 from engines.vllm_serve_engine import PAGE_CONNECTOR, child_env, page_connector
-
-
-def scan() -> Image.Image:
-    """A real page: one of ../shared/testdata's PDFs rendered at 100 dpi."""
-    return Image.open(io.BytesIO(render("2305.03393v1-pg9.pdf", dpi=100))).convert("RGB")
 
 
 @pytest.fixture
@@ -40,7 +34,7 @@ def files(tmp_path):
 
 
 def test_a_page_file_reads_as_the_processors_tensor(files):
-    page = scan()
+    page = scan_page()
     for image in (page, page.convert("L")):  # PPM and PGM, as PageFiles writes them
         path = files.write(image)
         got = read_page(path)
@@ -65,7 +59,7 @@ def test_headers_this_does_not_parse_are_left_to_vllm(tmp_path):
 
 def test_only_page_files_in_the_allowed_folder_are_taken(files, tmp_path):
     allowed = files.folder.resolve()
-    path = files.write(scan())
+    path = files.write(scan_page())
     assert page_file(path.as_uri(), allowed) == path
     spaced = files.folder / "a page.ppm"  # as_uri() percent-encodes the space
     assert page_file(spaced.as_uri(), allowed) == spaced
@@ -79,7 +73,7 @@ def test_only_page_files_in_the_allowed_folder_are_taken(files, tmp_path):
 
 
 def test_the_connector_returns_the_tensor_for_a_page_file(files):
-    page = scan()
+    page = scan_page()
     path = files.write(page)
     connector = PageFileConnector()
     connector.allowed_local_media_path = files.folder.resolve()  # what vLLM's __init__ sets
