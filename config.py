@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         "instead of PNG data URLs, so its API processes do not decode every page again (engines/page_files.py): "
         "vLLM's time before its queue 0.69 s instead of 1.46, 1.09-1.11x end to end on an H100 (bench/RESULTS.md)",
     )
+    vllm_page_sources: bool = Field(
+        True,
+        description="an upright RGB PNG or JPEG upload goes to that `vllm serve` as the uploaded file itself and its "
+        "API processes decode it, instead of this process decoding it and sending its pixels: a burst's decoding is "
+        "spread over vLLM's API processes (engines/page_files.py)",
+    )
     vllm_serve_start_timeout_s: float = Field(
         900.0, gt=0, description="time that `vllm serve` has to answer /health (weights, compilation, CUDA graphs)"
     )

@@ -138,6 +138,9 @@ class OCREngine(ABC):
     tasks: frozenset[Task] = frozenset()
     modes: dict[str, ResolutionMode] = MODES  # the resolution modes this engine's model runs
     token_strategy: str = "v1"  # image-token layout: v1 DeepSeek-OCR, v2 DeepSeek-OCR-2
+    # True: this engine sends a page's original file on (OCRRequest.source) rather than its pixels, so such a page
+    # is not decoded in this service unless something else needs its pixels (pipeline.decode_page).
+    lazy_pages: bool = False
 
     def __init__(self, settings: Settings):
         self.settings = settings

@@ -36,7 +36,7 @@ from config import Settings
 from deepseek_ocr import OCREngine
 from errors import InputError
 from process import pdf_process
-from process.image_process import load_page, sniff_kind
+from process.image_process import sniff_kind
 
 PAGE_SPLIT = "\n\n<--- Page Split --->\n\n"
 Progress = Callable[[int, int], None]  # (pages done, pages total)
@@ -227,7 +227,7 @@ async def process_page(
         )
         info, source = {"format": "PDF", "page": number}, None
     else:
-        image, info, source = await asyncio.to_thread(load_page, image_data, settings.max_image_pixels)
+        image, info, source = await pipeline.decode_page(engine, settings, image_data)
         used_dpi = None
     if opts.keep_page_images:
         await asyncio.to_thread(save_page_image, image, out, number)

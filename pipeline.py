@@ -155,6 +155,13 @@ def build_request(
     )
 
 
+async def decode_page(
+    engine: OCREngine, settings: Settings, data: bytes
+) -> tuple[Image.Image, dict, tuple[str, bytes] | None]:
+    """load_page off the event loop; a page the engine will send on as its own file is left undecoded here."""
+    return await asyncio.to_thread(load_page, data, settings.max_image_pixels, lazy=engine.lazy_pages)
+
+
 async def cancel_on_disconnect(request: Request, work):
     """Await `work`, cancelling it (and so the engine request) if the client goes away first. A request whose
     client left ends as a 499 (logged and counted as such), not as a CancelledError traceback per client."""
@@ -242,7 +249,7 @@ async def ocr_image_bytes(
     engine.admitted += 1
     try:
         t0 = time.perf_counter()
-        image, info, source = await asyncio.to_thread(load_page, data, settings.max_image_pixels)
+        image, info, source = await decode_page(engine, settings, data)
         decode_s = time.perf_counter() - t0
         page = await ocr_page(engine, settings, image, prompt, image_info=info, source=source, **options)
     finally:

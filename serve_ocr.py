@@ -32,7 +32,7 @@ from engines.factory import build_engine
 from errors import InputError, error_response, install_handlers
 from jobs import make_manager
 from middleware import ApiKeys, BodyLimit, RequestContext, configure_logging, load_api_keys
-from process.image_process import MODES, load_page
+from process.image_process import MODES
 from storage import s3
 
 VERSION = "0.1.0"
@@ -259,7 +259,7 @@ async def _stream(request: Request, data: bytes, prompt: str | None, options: di
     engine = pipeline.engine_of(request)
     settings = pipeline.settings_of(request)
     pipeline.validate(engine, settings, prompt, options.get("mode"), options.get("target"))
-    image, _, source = await asyncio.to_thread(load_page, data, settings.max_image_pixels)
+    image, _, source = await pipeline.decode_page(engine, settings, data)
     req = pipeline.build_request(settings, image, prompt, engine=engine, source=source, **options)
 
     async def events():

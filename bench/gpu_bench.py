@@ -303,9 +303,11 @@ def phase_burst(
         sampler.join(timeout=15)
         front = vllm_front(before, vllm_time_sums(metrics_url))
         reached = {f"to_engine_p{int(q * 100)}_s": reached_engine(samples, pages, q) for q in (0.1, 0.5, 0.9)}
+        engine = httpx.get(f"{base}/").json()["engine"]
+        files = {k: v for k, v in (engine.get("page_files") or {}).items() if k != "folder"}  # counts, connector
         rate(f"service-http-{label}", pages, dt, outs, pass_no=i, gpu_busy_mean_pct=busy.mean, **front, **reached,
-             **cpu.summary(), timeline=samples)  # fmt: skip
-        print("ENGINE", json.dumps(httpx.get(f"{base}/").json()["engine"].get("api_processes")), flush=True)
+             **cpu.summary(), page_files=files, timeline=samples)  # fmt: skip
+        print("ENGINE", json.dumps(engine.get("api_processes")), flush=True)
         if spy is not None:
             spy.wait(timeout=profile_s + 30)
             print(report(prof, 100, profile_s, gil=gil), flush=True)

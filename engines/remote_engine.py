@@ -35,6 +35,7 @@ from config import Settings
 from deepseek_ocr import EngineUnavailable, OCREngine, OCRRequest, OCRResult, Task
 from engines.vllm_engine import mm_kwargs
 from errors import InputError
+from process.image_process import decoded
 
 log = logging.getLogger("ocr.remote")
 # Statuses that say the backend (or its configuration), not the request, is at fault: try another.
@@ -160,9 +161,22 @@ def error_of(content: bytes, status: int) -> tuple[str, str, list | None]:
     )
 
 
+async def page_fault(req: OCRRequest, e: InputError) -> InputError:
+    """What a page's failure on the backend is answered with. A page sent on undecoded (load_page's `lazy`) may
+    be a corrupt file: then that is the answer (422 corrupt_image), not the backend's refusal or failure."""
+    if e.status == 503 or req.source is None:  # the engine is down; a page decoded here was whole
+        return e
+    try:
+        await asyncio.to_thread(decoded, req.image)
+    except InputError as corrupt:
+        return corrupt
+    return e
+
+
 class RemoteEngine(OCREngine):
     name = "remote"
     tasks = frozenset(Task)  # the backend decides; its 422 is passed on
+    lazy_pages = True  # an upright RGB PNG/JPEG goes on as uploaded: it is decoded by the backend, not here
 
     def __init__(self, settings: Settings):
         self.backends = [Backend(url, settings.remote_concurrency) for url in settings.remote_urls]
@@ -311,6 +325,15 @@ class RemoteEngine(OCREngine):
         yield await asyncio.to_thread(page_url, req, self.settings.remote_image_format)
 
     async def _run(self, req: OCRRequest) -> OCRResult:
+        try:
+            return await self._send(req)
+        except InputError as e:
+            fault = await page_fault(req, e)
+            if fault is e:
+                raise
+            raise fault from e
+
+    async def _send(self, req: OCRRequest) -> OCRResult:
         t0 = time.perf_counter()
         async with self.page_ref(req) as image_url:
             encode_s = time.perf_counter() - t0
@@ -366,6 +389,17 @@ class RemoteEngine(OCREngine):
         """Deltas from the backend's SSE stream; retried elsewhere only if it fails before the first one."""
         if not self.ready:
             raise self.not_ready()
+        try:
+            async with aclosing(self._stream_page(req)) as items:
+                async for item in items:
+                    yield item
+        except InputError as e:
+            fault = await page_fault(req, e)
+            if fault is e:
+                raise
+            raise fault from e
+
+    async def _stream_page(self, req: OCRRequest) -> AsyncIterator[str | OCRResult]:
         async with self._slots, self.page_ref(req) as image_url:
             tried: list[BackendFailed] = []
             while True:

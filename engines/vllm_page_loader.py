@@ -6,7 +6,8 @@ vLLM's own image loader opens the file with Pillow, unpacks it into Pillow's 4-b
 `exif_transpose`, and the processor copies it a third time into a tensor: a third of an API process's time per
 page once the views were cut on the GPU (bench/RESULTS.md). Here one read fills the tensor. Only the DEVICE_VIEWS
 processor takes a tensor, so the managed engine names this connector only with DEVICE_VIEWS on DeepSeek-OCR; any
-other URL, and a file this does not parse, goes through vLLM's loader unchanged.
+other URL, and a file this does not parse, goes through vLLM's loader unchanged. A page file that is the upload
+itself (VLLM_PAGE_SOURCES: an upright RGB PNG or JPEG) is decoded here by Pillow straight into that tensor.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
 import torch
+from PIL import ExifTags, Image
 
 from engines.vllm_front_stats import FETCHED
 
@@ -33,22 +36,39 @@ log = logging.getLogger(f"vllm.{NAME}")  # under vLLM's logger: its handler prin
 # What Pillow writes for a PPM (RGB, "P6") or PGM (L, "P5") page: magic, width, height, 255, one whitespace.
 HEADER = re.compile(rb"P([56])\s+(\d+)\s+(\d+)\s+255\s")
 HEADER_MAX = 64
+RAW = (".ppm", ".pgm")  # pixels behind a header (PageFiles.write from an image)
+ENCODED = (".png", ".jpg")  # the upload itself (PageFiles.write from a source)
 
 
 def page_file(url: str, allowed: Path | None) -> Path | None:
-    """The page file a `file://` URL names, if it is a PPM/PGM inside the folder vLLM may read (else None)."""
+    """The page file a `file://` URL names, if it is one of PageFiles' inside the folder vLLM may read (else None)."""
     parts = urlsplit(url)
     if parts.scheme != "file" or allowed is None:
         return None
     path = Path(unquote(parts.netloc + parts.path))
-    if path.suffix not in (".ppm", ".pgm") or allowed not in path.resolve().parents:
+    if path.suffix not in RAW + ENCODED or allowed not in path.resolve().parents:
         return None
     return path
 
 
 def read_page(path: Path) -> torch.Tensor | None:
-    """A PPM/PGM page as uint8 [H, W, 3] (a grey page's channel repeated, as convert("RGB") does), filled by one
-    read; None if the header is not the plain one Pillow writes (vLLM's loader reads it then)."""
+    """A page file as uint8 [H, W, 3], or None to leave it to vLLM's loader."""
+    return read_encoded(path) if path.suffix in ENCODED else read_raw(path)
+
+
+def read_encoded(path: Path) -> torch.Tensor | None:
+    """An upright RGB PNG/JPEG decoded by Pillow, as vLLM's loader would; None if it is anything else (vLLM's
+    loader converts and turns it). A corrupt file raises Pillow's error, as vLLM's loader would."""
+    with Image.open(path) as image:
+        image.load()
+        if image.mode != "RGB" or image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+            return None
+        return torch.from_numpy(np.array(image))  # Pillow's packed RGB bytes, copied once into writable memory
+
+
+def read_raw(path: Path) -> torch.Tensor | None:
+    """A PPM/PGM page (a grey page's channel repeated, as convert("RGB") does), filled by one read; None if the
+    header is not the plain one Pillow writes."""
     with path.open("rb", buffering=0) as f:
         head = f.read(HEADER_MAX)
         m = HEADER.match(head)
@@ -71,7 +91,7 @@ def read_page(path: Path) -> torch.Tensor | None:
 
 
 class PageFileConnector(MediaConnector):
-    """vLLM's MediaConnector, but a page file becomes the processor's tensor without Pillow."""
+    """vLLM's MediaConnector, but a page file becomes the processor's tensor without Pillow's copies."""
 
     pages_read = 0  # in this process (the first is logged: the connector is in use)
 

@@ -211,6 +211,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
         self.start_seconds: float | None = None
         self.lanes: Lanes | None = None  # with 2+ API servers: connections by API process (engines/api_lanes.py)
         self.page_files = PageFiles(choose_folder(settings.data_dir)) if settings.vllm_page_files else None
+        self.lazy_pages = settings.vllm_page_sources  # an upload goes on as it is, vLLM's API processes decode it
         self._warming = False
         self.warmup: dict | None = None  # pages, failed, seconds
         self.media_connector: str | None = None  # vLLM's, in the child (engines/vllm_page_loader.py)
@@ -398,8 +399,10 @@ class ManagedVLLMServeEngine(RemoteEngine):
 
     @contextlib.asynccontextmanager
     async def page_ref(self, req: OCRRequest) -> AsyncIterator[str]:
-        """With VLLM_PAGE_FILES: the page as a raw pixel file while it is in flight (else its data URL)."""
-        path = await self.page_files.write_soon(req.image) if self.page_files else None
+        """With VLLM_PAGE_FILES: the page as a file while it is in flight (else its data URL): its upload when it
+        went undecoded here (VLLM_PAGE_SOURCES), else its raw pixels."""
+        source = req.source if self.lazy_pages else None  # VLLM_PAGE_SOURCES: the upload itself, decoded by vLLM
+        path = await self.page_files.write_soon(req.image, source) if self.page_files else None
         if path is None:
             async with super().page_ref(req) as url:
                 yield url

@@ -9,7 +9,6 @@ Errors are rendered in OpenAI's shape: {"error": {"message", "type", "param", "c
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -41,7 +40,7 @@ from openai_api.protocol import (
     TextPart,
     UsageInfo,
 )
-from process.image_process import get_mode, load_page
+from process.image_process import get_mode
 
 OWNER = "deepseek-ocr-service"
 STARTED = int(time.time())
@@ -201,7 +200,7 @@ async def stream(request: Request, body: ChatCompletionRequest) -> StreamingResp
     engine, settings, chat, data = await _prepare(request, body)
     if not engine.ready:
         raise engine.not_ready()
-    image, _, source = await asyncio.to_thread(load_page, data, settings.max_image_pixels)
+    image, _, source = await pipeline.decode_page(engine, settings, data)
     req = pipeline.build_request(settings, image, chat.prompt, engine=engine, source=source, **chat.options)
     items = engine.stream_result(req)
     first = await anext(items)  # raises here (not inside the 200 stream) when nothing could start

@@ -1,7 +1,8 @@
 """Image decoding with limits, and DeepSeek-OCR's resolution modes and tile arithmetic.
 
 `load_image` turns uploaded bytes into an upright RGB PIL image or raises `InputError` (a clear 4xx);
-`load_page` also gives the uploaded file itself when it can stand for that image (no re-encode needed).
+`load_page` also gives the uploaded file itself when it can stand for that image (no re-encode needed), and for
+an engine that sends that file on (`lazy`) may leave the pixels undecoded until something needs them.
 `plan_tiles` reproduces the tiling and image-token count of vLLM's DeepSeek-OCR processor
 (vllm/transformers_utils/processors/deepseek_ocr.py), so the service can say what a page costs.
 """
@@ -178,14 +179,40 @@ def load_image(data: bytes, max_pixels: int, *, frame: int = 0) -> tuple[Image.I
     return rgb, info
 
 
-def load_page(data: bytes, max_pixels: int) -> tuple[Image.Image, dict, tuple[str, bytes] | None]:
+def load_page(
+    data: bytes, max_pixels: int, *, lazy: bool = False
+) -> tuple[Image.Image, dict, tuple[str, bytes] | None]:
     """load_image, and (MIME type, data) when the file decodes to exactly that image (an upright RGB PNG or
-    JPEG: remote engines send it on as is), else None."""
-    rgb, info, faithful = _decode(data, max_pixels, 0)
+    JPEG: remote engines send it on as is), else None. `lazy`: such a file whose header and framing say so
+    (complete, no EXIF turn to read first) is not decoded here; its image decodes when its pixels are first
+    used (Pillow's lazy load), and `decoded` tells a corrupt one apart from a backend's failure."""
+    rgb, info, faithful = _decode(data, max_pixels, 0, lazy=lazy)
     return rgb, info, ((SOURCE_MIME[info["format"]], data) if faithful else None)
 
 
-def _decode(data: bytes, max_pixels: int, frame: int) -> tuple[Image.Image, dict, bool]:
+def decoded(image: Image.Image) -> None:
+    """Decode a page `load_page(lazy=True)` left undecoded (a no-op for any other): InputError if it is corrupt."""
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(422, "corrupt_image", f"the image could not be decoded: {e}", accepted=IMAGE_FORMATS) from e
+
+
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: nothing was cut off
+PNG_EXIF = (b"eXIf", b"Raw profile type exif")  # where Pillow finds a PNG's EXIF, maybe only after the pixels
+
+
+def _sent_as_is(img: Image.Image, fmt: str, frames: int, data: bytes) -> bool:
+    """Whether this opened, undecoded file can go to the engine as it is, without decoding it here first: one
+    complete RGB frame of a source format, no transparency key, and no EXIF turn (read without the pixels)."""
+    if fmt not in SOURCE_MIME or frames != 1 or img.mode != "RGB" or "transparency" in img.info:
+        return False
+    if fmt == "PNG":
+        return data.endswith(PNG_END) and not any(tag in data for tag in PNG_EXIF)
+    return data.endswith(b"\xff\xd9") and img.getexif().get(ExifTags.Base.Orientation, 1) == 1  # JPEG: EOI
+
+
+def _decode(data: bytes, max_pixels: int, frame: int, *, lazy: bool = False) -> tuple[Image.Image, dict, bool]:
     """(image, info, whether the file decodes to exactly the image) or InputError."""
     if not data:
         raise InputError(400, "empty_file", "the image is empty (0 bytes)", accepted=IMAGE_FORMATS)
@@ -214,6 +241,8 @@ def _decode(data: bytes, max_pixels: int, frame: int) -> tuple[Image.Image, dict
             frames = getattr(img, "n_frames", 1)
             if frame:
                 img.seek(min(frame, frames - 1))
+            elif lazy and _sent_as_is(img, fmt, frames, data):
+                return img, {"format": fmt, "frames": frames, "width": w, "height": h}, True
             img.load()
             upright = img.getexif().get(ExifTags.Base.Orientation, 1) == 1
             # Nothing below changes it: one RGB frame (no transparency key), no EXIF turn.

@@ -65,6 +65,14 @@ def scan_page() -> Image.Image:
     return Image.open(io.BytesIO(render("2305.03393v1-pg9.pdf", dpi=100))).convert("RGB")
 
 
+def cut_inside(data: bytes) -> bytes:
+    """`data` with 200 bytes in its middle (inside the pixel data) flipped: header and framing stay whole."""
+    bad, mid = bytearray(data), len(data) // 2
+    for i in range(mid, mid + 200):
+        bad[i] ^= 0x5A
+    return bytes(bad)
+
+
 def page_text(pdf: str, page: int = 0) -> str:
     return pymupdf.open(DOCLING / pdf)[page].get_text()
 

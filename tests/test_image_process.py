@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import BROKEN, BROKEN_CASES, DOCLING
+from conftest import BROKEN, BROKEN_CASES, DOCLING, cut_inside
 from PIL import Image
 
 from errors import InputError
 from process.image_process import (
     MODES,
     OCR2_MODES,
+    decoded,
     default_mode,
     get_mode,
     load_image,
@@ -175,3 +176,42 @@ def test_load_page_gives_the_file_only_when_it_decodes_to_exactly_the_image():
         assert img.mode == "RGB" and source is None, name
     assert load_image(rewritten["exif6.jpg"], 60_000_000)[0].size == (80, 120)  # turned upright
     assert load_image(apng, 60_000_000)[1]["frames"] == 2
+
+
+def test_a_lazy_page_is_decoded_only_when_its_pixels_are_used(scan_png):
+    jpeg = (DOCLING / "qr_bill_example.jpg").read_bytes()  # RGB, EXIF orientation 1
+    for data, mime in ((scan_png, "image/png"), (jpeg, "image/jpeg")):
+        eager, eager_info, _ = load_page(data, 60_000_000)
+        img, info, source = load_page(data, 60_000_000, lazy=True)
+        assert source == (mime, data) and info == eager_info
+        decoded(img)
+        assert img.mode == "RGB" and img.tobytes() == eager.tobytes()
+    # Corrupt inside its pixels: an eager load refuses it at once; a lazy one when its pixels are decoded.
+    bad = cut_inside(scan_png)
+    with pytest.raises(InputError) as eager_error:
+        load_page(bad, 60_000_000)
+    img, _, source = load_page(bad, 60_000_000, lazy=True)
+    assert source == ("image/png", bad)
+    with pytest.raises(InputError) as lazy_error:
+        decoded(img)
+    assert lazy_error.value.status == eager_error.value.status == 422
+    assert lazy_error.value.code == eager_error.value.code == "corrupt_image"
+
+
+def test_pages_that_cannot_go_undecoded_are_decoded_at_once(scan_png):
+    page = Image.new("RGB", (120, 80), "white")
+    page.paste((0, 0, 200), (0, 0, 30, 20))
+    turned = Image.Exif()
+    turned[0x0112] = 6
+    with pytest.raises(InputError) as e:  # cut short: no IEND, so decoded (and refused) here
+        load_page(scan_png[: len(scan_png) // 2], 60_000_000, lazy=True)
+    assert e.value.status == 422
+    with pytest.raises(InputError):  # a JPEG without its end marker
+        load_page(_encode(page, "JPEG")[:-200], 60_000_000, lazy=True)
+    # A PNG's EXIF may follow its pixels: it is decoded here and turned upright, not sent as uploaded.
+    img, _, source = load_page(_encode(page, "PNG", exif=turned), 60_000_000, lazy=True)
+    assert img.size == (80, 120) and source is None
+    for data in (_encode(page.convert("L"), "PNG"), _encode(page, "JPEG", exif=turned)):
+        img, _, source = load_page(data, 60_000_000, lazy=True)
+        assert source is None and img.mode == "RGB"
+        decoded(img)  # already decoded: nothing to do

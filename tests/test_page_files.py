@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import scan_page
+from conftest import cut_inside, scan_page
 from PIL import Image
 
 import pipeline
 from config import Settings
 from engines.page_files import PageFiles, choose_folder
 from engines.vllm_serve_engine import ManagedVLLMServeEngine, serve_argv
+from errors import InputError
 
 
 def same_pixels(a: Image.Image, b: Image.Image) -> bool:
@@ -40,7 +41,7 @@ def test_a_page_file_holds_exactly_the_pages_pixels(tmp_path):
         # vLLM opens it from its bytes as Pillow does, then converts to RGB: the page it would have decoded
         with Image.open(io.BytesIO(path.read_bytes())) as back:
             assert same_pixels(back.convert("RGB"), image.convert("RGB"))
-    assert files.info() == {"folder": str(files.folder), "written": 2, "fallbacks": 0}
+    assert files.info() == {"folder": str(files.folder), "written": 2, "uploads": 0, "fallbacks": 0}
 
 
 def test_modes_ppm_does_not_hold_and_unwritable_folders_fall_back(tmp_path):
@@ -128,3 +129,37 @@ def test_the_managed_engine_sends_a_file_while_the_page_is_in_flight(tmp_path, o
         assert url.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as back:
             assert same_pixels(back.convert("RGB"), page)
+
+
+@pytest.mark.parametrize("sources", [True, False])
+def test_an_upload_goes_to_vllm_as_it_is_unless_page_sources_are_off(tmp_path, scan_png, sources):
+    """VLLM_PAGE_SOURCES (default on): an upright RGB PNG is not decoded here, and its page file is the upload
+    itself (vLLM's API processes decode it); off, it is decoded here and its pixels are the file, as before."""
+    s = Settings(_env_file=None, data_dir=tmp_path, vllm_api_servers=2, vllm_page_sources=sources)
+    engine = ManagedVLLMServeEngine(s)
+    engine.page_files.open()
+
+    async def send() -> tuple[Path, bytes, Image.Image]:
+        image, _, source = await pipeline.decode_page(engine, s, scan_png)
+        assert source == ("image/png", scan_png)  # either way the file could stand for the page
+        req = pipeline.build_request(s, image, None, engine=engine, source=source)
+        async with engine.page_ref(req) as url:
+            path = Path(url.removeprefix("file://"))
+            return path, path.read_bytes(), image
+
+    path, sent, image = asyncio.run(send())
+    assert engine.lazy_pages is sources and not path.exists()
+    assert engine.info()["page_files"]["uploads"] == int(sources)
+    if sources:
+        assert path.suffix == ".png" and sent == scan_png
+    else:
+        assert path.suffix == ".ppm"
+        with Image.open(io.BytesIO(sent)) as back:
+            assert same_pixels(back, image)
+    # Not decoded here: a file corrupt inside its pixels is only found out by whoever decodes it.
+    bad = cut_inside(scan_png)
+    if sources:
+        assert asyncio.run(pipeline.decode_page(engine, s, bad))[2] == ("image/png", bad)
+    else:
+        with pytest.raises(InputError, match="could not be decoded"):
+            asyncio.run(pipeline.decode_page(engine, s, bad))

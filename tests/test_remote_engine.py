@@ -24,7 +24,7 @@ from typing import ClassVar
 import httpx
 import openai
 import pytest
-from conftest import DOCLING, OCR_TEST_TEXT, cer, make_client, render, serve_http, wait_ready
+from conftest import DOCLING, OCR_TEST_TEXT, cer, cut_inside, make_client, render, serve_http, wait_ready
 from PIL import Image
 from service import start_service, stop_service
 
@@ -296,6 +296,37 @@ def test_balancing_and_retry_on_another_backend(fleet, tmp_path, scan_png):
     assert state[broken]["failures"] == FailingBackend.chat_requests and "out of memory" in state[broken]["last_error"]
     assert state[backend]["completed"] == 4  # ...and were retried on the other one
     assert state[broken]["state"] == "up"  # a 5xx does not take a backend out (a poison page would take all out)
+
+
+def test_a_corrupt_upload_sent_on_undecoded_is_answered_as_corrupt(fleet, tmp_path, scan_png):
+    """The front sends an upright RGB PNG on without decoding it (lazy_pages). When the backend refuses (4xx) or
+    fails on (5xx) such a page, the front decodes it: a corrupt file is the answer, in the front's own words."""
+    bad = cut_inside(scan_png)  # header and framing whole, pixels corrupt
+    r = post(fleet["front"], "/ocr/image/simple", files={"file": ("bad.png", bad)})
+    err = r.json()["error"]
+    assert r.status_code == 422 and err["code"] == "corrupt_image"
+    assert err["message"].startswith("the image could not be decoded")  # not "the OCR backend refused the page"
+    assert post(fleet["front"], "/ocr/image/simple", files={"file": ("s.png", scan_png)}).status_code == 200
+
+    FailingBackend.chat_requests = 0
+    with serve_http(FailingBackend) as broken:
+        s = Settings(_env_file=None, engine="remote", remote_urls=[broken], data_dir=tmp_path)
+        with make_client(s) as c:
+            wait_ready(c)
+            part = {
+                "type": "image_url",
+                "image_url": {"url": f"data:image/png;base64,{base64.b64encode(bad).decode()}"},
+            }
+            v1 = {"messages": [{"role": "user", "content": [part]}]}
+            answers = [
+                c.post("/ocr/image/simple", files={"file": ("bad.png", bad)}),
+                c.post("/v1/chat/completions", json={**v1, "stream": True}),
+            ]
+            whole = c.post("/ocr/image/simple", files={"file": ("s.png", scan_png)})
+    for r in answers:  # the page is at fault, not the backend: no 502
+        assert r.status_code == 422 and "could not be decoded" in r.text, r.text
+    assert FailingBackend.chat_requests >= 2  # both went to the backend undecoded first
+    assert whole.status_code == 502  # a whole page on a failing backend is still the backend's failure
 
 
 # --- what the backend receives: the uploaded file itself, or the page re-encoded -----------------------

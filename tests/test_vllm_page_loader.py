@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import scan_page
+from conftest import DOCLING, cut_inside, scan_page
 from PIL import Image
 
 from config import Settings
@@ -23,6 +23,7 @@ from engines.page_files import PageFiles
 from engines.vllm_front_stats import FETCHED
 from engines.vllm_page_loader import PageFileConnector, page_file, read_page
 from engines.vllm_serve_engine import PAGE_CONNECTOR, child_env, page_connector
+from process.image_process import load_page
 
 
 @pytest.fixture
@@ -42,6 +43,29 @@ def test_a_page_file_reads_as_the_processors_tensor(files):
         assert torch.equal(got, vllm_views.page_tensor(image))  # what the processor made from Pillow's page
         assert vllm_views.page_size(got) == image.size
         got[0, 0, 0] = 1  # its own memory: writable, nothing shared with the file
+
+
+def test_an_upload_page_file_decodes_to_the_processors_tensor(files, scan_png):
+    """VLLM_PAGE_SOURCES: the upload itself is the page file, and Pillow decodes it here as it did in the service."""
+    jpeg = (DOCLING / "qr_bill_example.jpg").read_bytes()
+    for data, suffix in ((scan_png, ".png"), (jpeg, ".jpg")):
+        image, _, source = load_page(data, 60_000_000)
+        path = files.write(image, source)
+        assert path is not None and path.suffix == suffix and path.read_bytes() == data
+        got = read_page(path)
+        assert got is not None and got.dtype == torch.uint8 and got.is_contiguous()
+        assert torch.equal(got, vllm_views.page_tensor(image))
+        got[0, 0, 0] = 1  # writable
+
+
+def test_uploads_this_does_not_take_are_left_to_vllm_and_corrupt_ones_fail(tmp_path, scan_png):
+    grey = tmp_path / "g.png"
+    Image.new("L", (40, 30), 128).save(grey)  # vLLM's loader converts it to RGB
+    assert read_page(grey) is None
+    bad = tmp_path / "b.png"
+    bad.write_bytes(cut_inside(scan_png))  # vLLM's loader would fail on it too
+    with pytest.raises(OSError):
+        read_page(bad)
 
 
 def test_headers_this_does_not_parse_are_left_to_vllm(tmp_path):
@@ -66,7 +90,8 @@ def test_only_page_files_in_the_allowed_folder_are_taken(files, tmp_path):
     outside = tmp_path / "x.ppm"
     assert page_file(outside.as_uri(), allowed) is None
     assert page_file((files.folder / ".." / "x.ppm").as_uri(), allowed) is None
-    assert page_file((files.folder / "a.png").as_uri(), allowed) is None
+    assert page_file((files.folder / "a.png").as_uri(), allowed) == files.folder / "a.png"  # an upload, as is
+    assert page_file((files.folder / "a.gif").as_uri(), allowed) is None
     assert page_file("http://example.com/a.ppm", allowed) is None
     assert page_file("data:image/png;base64,AAAA", allowed) is None
     assert page_file(path.as_uri(), None) is None  # vLLM was not allowed any folder
