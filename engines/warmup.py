@@ -4,10 +4,13 @@ A started `vllm serve` does first-time work on its first pages: each API process
 engine meets its first encoder batches and prefill chunks of a burst's sizes. On H100s (bench/RESULTS.md) the
 first 256-page burst after a start ran at 0.83-0.95x the second, with vLLM's median time before its queue twice
 as long. A few dozen A4 pages at once, two tokens each, through the normal path (page files, lanes) do that work
-before users arrive (6 s on an H100).
+before users arrive (6 s on an H100). Each goes as a user's PNG upload does (VLLM_PAGE_SOURCES: the file itself,
+decoded by vLLM's API processes).
 """
 
 from __future__ import annotations
+
+import io
 
 from PIL import Image, ImageDraw
 
@@ -31,8 +34,10 @@ def warm_page(size: tuple[int, int] = A4) -> Image.Image:
 def warm_requests(engine: OCREngine, settings: Settings, pages: int) -> list[OCRRequest]:
     """`pages` requests for one page each, built as a user's page is (default prompt and mode, the guard as
     configured), with two tokens each."""
-    page = warm_page()
+    page, png = warm_page(), io.BytesIO()
+    page.save(png, "PNG")
+    source = ("image/png", png.getvalue())  # an upright RGB PNG: it stands for the page (load_page)
     return [
-        pipeline.build_request(settings, page, None, engine=engine, max_tokens=TOKENS, ignore_eos=True)
+        pipeline.build_request(settings, page, None, engine=engine, max_tokens=TOKENS, ignore_eos=True, source=source)
         for _ in range(pages)
     ]

@@ -41,7 +41,7 @@ from engines.vllm_serve_engine import (
     serve_argv,
     serve_env,
 )
-from process.image_process import MODES, OCR2_MODES
+from process.image_process import MODES, OCR2_MODES, load_page
 
 # --- the command line (pure) ---------------------------------------------------------------------------
 
@@ -343,6 +343,8 @@ def test_a_warm_up_holds_readiness_and_a_failing_or_hanging_one_does_not_block_i
     assert all(not ready and error.startswith("warming up (64 pages") for _, ready, error in seen)
     assert all(r.image.size == (1240, 1754) and r.max_tokens == 2 and r.ignore_eos for r, _, _ in seen)
     assert {r.mode.name for r, _, _ in seen} == {engine.default_mode()}
+    sent, _, source = load_page(seen[0][0].source[1], 60_000_000)  # each goes as a user's PNG upload would
+    assert source == seen[0][0].source and sent.tobytes() == seen[0][0].image.tobytes()
 
     async def hang(req):
         await asyncio.sleep(30)
