@@ -4,8 +4,11 @@ Reading (vLLM's API process): vLLM 0.26's image loader (`ImageMediaIO.load_file`
 `exif_transpose`, load) then the DEVICE_VIEWS processor's tensor (`vllm_views.page_tensor`), against this service's
 media connector (`vllm_page_loader.read_page`: one read into the tensor). Writing (this service): a page file as
 engines/page_files.py writes it (Pillow's PPM save into a new file), and its bytes written into a new file against
-over an existing one (memory the kernel has already allocated: no allocating and zeroing). Prints milliseconds per
-page and the ratios; ratios carry over to other machines better than the times.
+over an existing one (memory the kernel has already allocated: no allocating and zeroing). An upload, end to end
+on each side: this service decoding it and writing its pixels (VLLM_PAGE_SOURCES=false) against opening it
+undecoded and writing the upload itself (the default); and the connector reading each file, where the upload's
+decode now happens. Prints milliseconds per page and the ratios; ratios carry over to other machines better than
+the times.
 
     python bench/page_files_bench.py --pages 20
 """
@@ -31,6 +34,9 @@ from gpu_bench import synthetic_page
 from engines import vllm_views
 from engines.page_files import PageFiles, choose_folder
 from engines.vllm_page_loader import read_page
+from process.image_process import load_page
+
+MAX_PIXELS = 60_000_000
 
 
 def per_page_ms(fn: Callable[[int], object], pages: int) -> float:
@@ -58,7 +64,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pages", type=int, default=20)
     args = ap.parse_args()
-    page = Image.open(io.BytesIO(synthetic_page(0))).convert("RGB")  # A4 at 150 dpi, as the GPU bench sends
+    upload = synthetic_page(0)  # an A4 PNG at 150 dpi, as the GPU bench sends
+    page = Image.open(io.BytesIO(upload)).convert("RGB")
     folder = choose_folder(Path(tempfile.mkdtemp()))
     files = PageFiles(folder)
     files.open()
@@ -75,6 +82,17 @@ def main() -> None:
         raw = fresh[0].read_bytes()
         write_new = per_page_ms(lambda i: write(folder / f"new{i}.ppm", raw, "wb"), args.pages)
         write_over = per_page_ms(lambda i: write(fresh[i % len(fresh)], raw, "r+b"), args.pages)  # no truncation
+        pixels, uploads = [], []
+        service_pixels = per_page_ms(lambda i: pixels.append(files.write(load_page(upload, MAX_PIXELS)[0])), args.pages)
+
+        def as_upload(i: int) -> None:
+            image, _, source = load_page(upload, MAX_PIXELS, lazy=True)
+            uploads.append(files.write(image, source))
+
+        service_upload = per_page_ms(as_upload, args.pages)
+        assert uploads[0].suffix == ".png" and torch.equal(read_page(uploads[0]), read_page(pixels[0]))
+        api_pixels = per_page_ms(lambda i: read_page(pixels[i % len(pixels)]), args.pages)
+        api_upload = per_page_ms(lambda i: read_page(uploads[i % len(uploads)]), args.pages)
         print(json.dumps({
             "page": f"{page.width}x{page.height} RGB", "folder": str(folder.parent), "pages": args.pages,
             "read_vllm_loader_ms": round(read_vllm, 2), "read_page_files_connector_ms": round(read_ours, 2),
@@ -82,6 +100,10 @@ def main() -> None:
             "write_page_file_ms": round(write_pillow, 2),
             "write_bytes_new_file_ms": round(write_new, 2), "write_bytes_over_existing_ms": round(write_over, 2),
             "write_ratio": round(write_new / write_over, 1),
+            "upload_service_pixels_ms": round(service_pixels, 2),
+            "upload_service_as_uploaded_ms": round(service_upload, 2),
+            "upload_service_ratio": round(service_pixels / service_upload, 1),
+            "upload_api_read_pixels_ms": round(api_pixels, 2), "upload_api_decode_upload_ms": round(api_upload, 2),
         }))  # fmt: skip
     finally:
         files.close()
