@@ -161,18 +161,6 @@ def error_of(content: bytes, status: int) -> tuple[str, str, list | None]:
     )
 
 
-async def page_fault(req: OCRRequest, e: InputError) -> InputError:
-    """What a page's failure on the backend is answered with. A page sent on undecoded (load_page's `lazy`) may
-    be a corrupt file: then that is the answer (422 corrupt_image), not the backend's refusal or failure."""
-    if e.status == 503 or req.source is None:  # the engine is down; a page decoded here was whole
-        return e
-    try:
-        await asyncio.to_thread(decoded, req.image)
-    except InputError as corrupt:
-        return corrupt
-    return e
-
-
 class RemoteEngine(OCREngine):
     name = "remote"
     tasks = frozenset(Task)  # the backend decides; its 422 is passed on
@@ -324,14 +312,25 @@ class RemoteEngine(OCREngine):
         """The page's image_url for as long as the page is in flight (here: its data URL)."""
         yield await asyncio.to_thread(page_url, req, self.settings.remote_image_format)
 
+    async def _failure(self, req: OCRRequest, e: InputError) -> InputError:
+        """What a page that failed on the backend is answered with. A page sent on undecoded (load_page's `lazy`)
+        may be a corrupt file: then that is the answer (422 corrupt_image), not the backend's refusal or failure."""
+        if e.status == 503 or req.source is None:  # the engine is down; a page decoded here was whole
+            return e
+        try:
+            await asyncio.to_thread(decoded, req.image)
+        except InputError as corrupt:
+            return corrupt
+        return e
+
     async def _run(self, req: OCRRequest) -> OCRResult:
         try:
             return await self._send(req)
         except InputError as e:
-            fault = await page_fault(req, e)
-            if fault is e:
+            answer = await self._failure(req, e)
+            if answer is e:
                 raise
-            raise fault from e
+            raise answer from e
 
     async def _send(self, req: OCRRequest) -> OCRResult:
         t0 = time.perf_counter()
@@ -394,10 +393,10 @@ class RemoteEngine(OCREngine):
                 async for item in items:
                     yield item
         except InputError as e:
-            fault = await page_fault(req, e)
-            if fault is e:
+            answer = await self._failure(req, e)
+            if answer is e:
                 raise
-            raise fault from e
+            raise answer from e
 
     async def _stream_page(self, req: OCRRequest) -> AsyncIterator[str | OCRResult]:
         async with self._slots, self.page_ref(req) as image_url:

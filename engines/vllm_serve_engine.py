@@ -30,13 +30,12 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import aclosing
 from pathlib import Path
 
 import httpx
 
 from config import Settings
-from deepseek_ocr import EngineUnavailable, OCRRequest, OCRResult
+from deepseek_ocr import EngineUnavailable, OCRRequest
 from engines.api_lanes import Lanes
 from engines.page_files import PageFiles, choose_folder
 from engines.remote_engine import Backend, BackendFailed, RemoteEngine
@@ -417,27 +416,12 @@ class ManagedVLLMServeEngine(RemoteEngine):
             raise self._unavailable()
         return await super()._acquire(tried)
 
-    async def _death_or(self, e: InputError) -> InputError:
+    async def _failure(self, req: OCRRequest, e: InputError) -> InputError:
         """A page that failed (502, 503) may have met the child dying: then its death is the answer (503)."""
+        e = await super()._failure(req, e)
         if e.status in (502, 503) and self._exit is not None:
             await asyncio.wait({self._exit}, timeout=DEATH_WAIT_S)
         return self._unavailable() if self._exit_reason else e
-
-    async def _run(self, req: OCRRequest) -> OCRResult:
-        try:
-            return await super()._run(req)
-        except InputError as e:
-            raise await self._death_or(e) from e
-
-    async def stream_result(self, req: OCRRequest) -> AsyncIterator[str | OCRResult]:
-        if not self.ready:  # before the try: not ready is no page failing while the child dies
-            raise self.not_ready()
-        try:
-            async with aclosing(super().stream_result(req)) as items:
-                async for item in items:
-                    yield item
-        except InputError as e:
-            raise await self._death_or(e) from e
 
     def info(self) -> dict:
         return {
