@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image
 
+from engines.page_files import SOURCE_SUFFIXES, SUFFIXES
 from engines.vllm_front_stats import FETCHED
 
 try:
@@ -36,8 +37,8 @@ log = logging.getLogger(f"vllm.{NAME}")  # under vLLM's logger: its handler prin
 # What Pillow writes for a PPM (RGB, "P6") or PGM (L, "P5") page: magic, width, height, 255, one whitespace.
 HEADER = re.compile(rb"P([56])\s+(\d+)\s+(\d+)\s+255\s")
 HEADER_MAX = 64
-RAW = (".ppm", ".pgm")  # pixels behind a header (PageFiles.write from an image)
-ENCODED = (".png", ".jpg")  # the upload itself (PageFiles.write from a source)
+RAW = tuple(f".{s}" for s in SUFFIXES.values())  # pixels behind a header (PageFiles.write from an image)
+ENCODED = tuple(f".{s}" for s in SOURCE_SUFFIXES.values())  # the upload itself (PageFiles.write from a source)
 
 
 def page_file(url: str, allowed: Path | None) -> Path | None:
