@@ -7,7 +7,7 @@ engines/page_files.py writes it (Pillow's PPM save into a new file), and its byt
 over an existing one (memory the kernel has already allocated: no allocating and zeroing). An upload, end to end
 on each side: this service decoding it and writing its pixels (VLLM_PAGE_SOURCES=false) against opening it
 undecoded and writing the upload itself (the default); and the connector reading each file, where the upload's
-decode now happens. Prints milliseconds per page and the ratios; ratios carry over to other machines better than
+decode now happens (OpenCV for a plain PNG, against Pillow as without OpenCV). Prints milliseconds per page and the ratios; ratios carry over to other machines better than
 the times.
 
     python bench/page_files_bench.py --pages 20
@@ -31,7 +31,7 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpu_bench import synthetic_page
 
-from engines import vllm_views
+from engines import vllm_page_loader, vllm_views
 from engines.page_files import PageFiles, choose_folder
 from engines.vllm_page_loader import read_page
 from process.image_process import load_page
@@ -83,16 +83,22 @@ def main() -> None:
         write_new = per_page_ms(lambda i: write(folder / f"new{i}.ppm", raw, "wb"), args.pages)
         write_over = per_page_ms(lambda i: write(fresh[i % len(fresh)], raw, "r+b"), args.pages)  # no truncation
         pixels, uploads = [], []
-        service_pixels = per_page_ms(lambda i: pixels.append(files.write(load_page(upload, MAX_PIXELS)[0])), args.pages)
+        sources = [synthetic_page(i) for i in range(args.pages)]  # all different, as in a burst
+        service_pixels = per_page_ms(
+            lambda i: pixels.append(files.write(load_page(sources[i], MAX_PIXELS)[0])), args.pages
+        )
 
         def as_upload(i: int) -> None:
-            image, _, source = load_page(upload, MAX_PIXELS, lazy=True)
+            image, _, source = load_page(sources[i], MAX_PIXELS, lazy=True)
             uploads.append(files.write(image, source))
 
         service_upload = per_page_ms(as_upload, args.pages)
         assert uploads[0].suffix == ".png" and torch.equal(read_page(uploads[0]), read_page(pixels[0]))
         api_pixels = per_page_ms(lambda i: read_page(pixels[i % len(pixels)]), args.pages)
         api_upload = per_page_ms(lambda i: read_page(uploads[i % len(uploads)]), args.pages)
+        opencv, vllm_page_loader.cv2 = vllm_page_loader.cv2, None  # the connector without OpenCV: Pillow decodes
+        api_upload_pillow = per_page_ms(lambda i: read_page(uploads[i % len(uploads)]), args.pages)
+        vllm_page_loader.cv2 = opencv
         print(json.dumps({
             "page": f"{page.width}x{page.height} RGB", "folder": str(folder.parent), "pages": args.pages,
             "read_vllm_loader_ms": round(read_vllm, 2), "read_page_files_connector_ms": round(read_ours, 2),
@@ -104,6 +110,8 @@ def main() -> None:
             "upload_service_as_uploaded_ms": round(service_upload, 2),
             "upload_service_ratio": round(service_pixels / service_upload, 1),
             "upload_api_read_pixels_ms": round(api_pixels, 2), "upload_api_decode_upload_ms": round(api_upload, 2),
+            "upload_api_decode_upload_pillow_ms": round(api_upload_pillow, 2),
+            "upload_api_decode_ratio_pillow_vs_opencv": round(api_upload_pillow / api_upload, 2),
         }))  # fmt: skip
     finally:
         files.close()

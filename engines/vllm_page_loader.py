@@ -7,12 +7,14 @@ vLLM's own image loader opens the file with Pillow, unpacks it into Pillow's 4-b
 page once the views were cut on the GPU (bench/RESULTS.md). Here one read fills the tensor. Only the DEVICE_VIEWS
 processor takes a tensor, so the managed engine names this connector only with DEVICE_VIEWS on DeepSeek-OCR; any
 other URL, and a file this does not parse, goes through vLLM's loader unchanged. A page file that is the upload
-itself (VLLM_PAGE_SOURCES: an upright RGB PNG or JPEG) is decoded here by Pillow straight into that tensor.
+itself (VLLM_PAGE_SOURCES: an upright RGB PNG or JPEG) is decoded here into that tensor: an 8-bit RGB PNG by
+OpenCV (a vLLM dependency; the same pixels, ~1.7x faster than Pillow's decode and copy), anything else by Pillow.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import time
@@ -24,6 +26,7 @@ import torch
 from PIL import ExifTags, Image
 
 from engines.page_files import SOURCE_SUFFIXES, SUFFIXES
+from process.image_process import PNG_EXIF
 from engines.vllm_front_stats import FETCHED
 
 try:
@@ -31,6 +34,10 @@ try:
 except ImportError:  # no vLLM here (CI, the CPU engine): the reading stays testable
     MEDIA_CONNECTOR_REGISTRY = None
     MediaConnector = object  # type: ignore[assignment,misc]
+try:
+    import cv2  # vLLM requires opencv-python-headless, so it is there wherever vLLM calls this
+except ImportError:
+    cv2 = None
 
 NAME = "deepseek_ocr_pages"
 log = logging.getLogger(f"vllm.{NAME}")  # under vLLM's logger: its handler prints this in vLLM's processes
@@ -57,10 +64,24 @@ def read_page(path: Path) -> torch.Tensor | None:
     return read_encoded(path) if path.suffix in ENCODED else read_raw(path)
 
 
+PNG_PLAIN = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"  # signature, then the IHDR chunk: its width, height...
+PNG_RGB8 = b"\x08\x02"  # ...then bit depth 8, colour type 2 (RGB, no alpha, no palette)
+
+
+def plain_png(data: bytes) -> bool:
+    """An 8-bit RGB PNG with no EXIF: OpenCV and Pillow decode it to the same pixels."""
+    return data.startswith(PNG_PLAIN) and data[24:26] == PNG_RGB8 and not any(tag in data for tag in PNG_EXIF)
+
+
 def read_encoded(path: Path) -> torch.Tensor | None:
-    """An upright RGB PNG/JPEG decoded by Pillow, as vLLM's loader would; None if it is anything else (vLLM's
-    loader converts and turns it). A corrupt file raises Pillow's error, as vLLM's loader would."""
-    with Image.open(path) as image:
+    """An upright RGB PNG/JPEG decoded as vLLM's loader would (a plain PNG by OpenCV, else Pillow); None if it is
+    anything else (vLLM's loader converts and turns it). A corrupt file raises Pillow's error, as vLLM's would."""
+    data = path.read_bytes()
+    if cv2 is not None and plain_png(data):
+        page = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+        if page is not None:
+            return torch.from_numpy(page)
+    with Image.open(io.BytesIO(data)) as image:  # corrupt PNGs come here too, for Pillow's error
         image.load()
         if image.mode != "RGB" or image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
             return None

@@ -8,13 +8,15 @@ its choice of files and the managed engine's choice of connector; vLLM calling i
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 
+import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import DOCLING, cut_inside, scan_page
+from conftest import BROKEN, DOCLING, cut_inside, scan_page
 from PIL import Image
 
 from config import Settings
@@ -56,6 +58,42 @@ def test_an_upload_page_file_decodes_to_the_processors_tensor(files, scan_png):
         assert got is not None and got.dtype == torch.uint8 and got.is_contiguous()
         assert torch.equal(got, vllm_views.page_tensor(image))
         got[0, 0, 0] = 1  # writable
+
+
+def test_opencv_decodes_a_plain_png_to_the_pixels_pillow_decodes(tmp_path, scan_png, monkeypatch):
+    """An 8-bit RGB PNG goes through OpenCV (faster), and the tensor is the one Pillow's decode gives."""
+    photo = io.BytesIO()
+    Image.open(DOCLING / "example_image_01.png").convert("RGB").save(photo, "PNG", optimize=True)
+    calls = []
+    imdecode = vllm_page_loader.cv2.imdecode
+    monkeypatch.setattr(vllm_page_loader.cv2, "imdecode", lambda *a: calls.append(1) or imdecode(*a))
+    for data in (scan_png, photo.getvalue()):
+        path = tmp_path / "p.png"
+        path.write_bytes(data)
+        assert vllm_page_loader.plain_png(data)
+        fast = read_page(path)
+        with monkeypatch.context() as m:
+            m.setattr(vllm_page_loader, "cv2", None)  # Pillow's decode, as without OpenCV
+            slow = read_page(path)
+        assert fast is not None and fast.dtype == torch.uint8 and fast.is_contiguous()
+        assert torch.equal(fast, slow)
+        fast[0, 0, 0] = 1  # writable
+    assert len(calls) == 2
+
+
+def test_pngs_opencv_would_read_differently_stay_with_pillow(tmp_path):
+    rgba = (DOCLING / "example_image_01.png").read_bytes()
+    grey16 = (BROKEN / "gray16.png").read_bytes()
+    deep = cv2.imencode(".png", np.full((6, 8, 3), 40000, np.uint16))[1].tobytes()  # 16 bits a sample
+    exif = Image.Exif()
+    exif[0x0112] = 1  # an EXIF block, even an upright one: Pillow reads it, OpenCV may turn by it
+    turned = io.BytesIO()
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(turned, "PNG", exif=exif)
+    for data in (rgba, grey16, deep, turned.getvalue()):
+        assert not vllm_page_loader.plain_png(data)
+    path = tmp_path / "deep.png"
+    path.write_bytes(deep)
+    assert torch.equal(read_page(path), torch.from_numpy(np.array(Image.open(path))))  # Pillow's 8-bit reading
 
 
 def test_uploads_this_does_not_take_are_left_to_vllm_and_corrupt_ones_fail(tmp_path, scan_png):
