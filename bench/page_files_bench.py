@@ -7,8 +7,8 @@ engines/page_files.py writes it (Pillow's PPM save into a new file), and its byt
 over an existing one (memory the kernel has already allocated: no allocating and zeroing). An upload, end to end
 on each side: this service decoding it and writing its pixels (VLLM_PAGE_SOURCES=false) against opening it
 undecoded and writing the upload itself (the default); and the connector reading each file, where the upload's
-decode now happens (OpenCV for a plain PNG, against Pillow as without OpenCV). Prints milliseconds per page and the ratios; ratios carry over to other machines better than
-the times.
+decode now happens (OpenCV for a plain PNG, against Pillow as without OpenCV). Prints milliseconds per page and
+the ratios; ratios carry over to other machines better than the times.
 
     python bench/page_files_bench.py --pages 20
 """

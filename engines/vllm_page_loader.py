@@ -26,8 +26,8 @@ import torch
 from PIL import ExifTags, Image
 
 from engines.page_files import SOURCE_SUFFIXES, SUFFIXES
-from process.image_process import PNG_EXIF
 from engines.vllm_front_stats import FETCHED
+from process.image_process import PNG_EXIF
 
 try:
     from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
