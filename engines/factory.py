@@ -5,22 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-from pathlib import Path
 
 from config import Settings
 from deepseek_ocr import OCREngine
+from engines import weights
 
 log = logging.getLogger("ocr.engine")
-
-
-def _weights_present(model_path: str) -> tuple[bool, str]:
-    p = Path(model_path)
-    if p.is_dir():
-        return (p / "config.json").exists(), f"folder {p}"
-    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    cached = hf_home / "hub" / ("models--" + model_path.replace("/", "--"))
-    return cached.exists(), f"hub id {model_path} (cache {cached})"
 
 
 def choose_engine(settings: Settings) -> tuple[str, str]:
@@ -36,8 +26,8 @@ def choose_engine(settings: Settings) -> tuple[str, str]:
             return "cpu", "no CUDA device"
     except ImportError:
         return "cpu", "torch is not installed"
-    ok, where = _weights_present(settings.model_path)
-    if not ok and settings.load_format != "dummy":
+    where = weights.describe(settings.model_path)
+    if weights.config_file(settings.model_path) is None and settings.load_format != "dummy":
         return "cpu", f"no weights at {where}"
     return "vllm", f"CUDA, vllm and weights ({where}) present"
 

@@ -36,6 +36,7 @@ import httpx
 
 from config import Settings
 from deepseek_ocr import EngineUnavailable, OCRRequest
+from engines import weights
 from engines.api_lanes import Lanes
 from engines.page_files import PageFiles, choose_folder
 from engines.remote_engine import Backend, BackendFailed, RemoteEngine
@@ -179,9 +180,12 @@ def exit_text(code: int) -> str:
 
 
 def model_family(model_path: str) -> str | None:
-    """DeepSeek-OCR or DeepSeek-OCR-2, from a local weights folder's config.json (None if unknown)."""
+    """DeepSeek-OCR or DeepSeek-OCR-2, from the weights' config.json, in a local folder or the hub cache (None if
+    unknown)."""
+    if (config := weights.config_file(model_path)) is None:
+        return None
     try:
-        arch = json.loads((Path(model_path) / "config.json").read_text())["architectures"][0]
+        arch = json.loads(config.read_text())["architectures"][0]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
     return FAMILIES.get(arch)
