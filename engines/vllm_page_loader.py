@@ -8,7 +8,8 @@ page once the views were cut on the GPU (bench/RESULTS.md). Here one read fills 
 processor takes a tensor, so the managed engine names this connector only with DEVICE_VIEWS on DeepSeek-OCR; any
 other URL, and a file this does not parse, goes through vLLM's loader unchanged. A page file that is the upload
 itself (VLLM_PAGE_SOURCES: an upright RGB PNG or JPEG) is decoded here into that tensor: an 8-bit RGB PNG by
-OpenCV (a vLLM dependency; the same pixels, ~1.7x faster than Pillow's decode and copy), anything else by Pillow.
+OpenCV (a vLLM dependency; the same pixels, 1.3-1.6x faster than Pillow's decode and copy on the dev
+machine), anything else by Pillow.
 """
 
 from __future__ import annotations
