@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import time
-import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +33,7 @@ import pipeline
 from config import Settings
 from deepseek_ocr import OCREngine
 from errors import InputError
+from ocr_utils import safe_name
 from process import pdf_process
 from process.image_process import sniff_kind
 
@@ -60,17 +59,6 @@ class DocOptions:
         d = asdict(self)
         d.pop("password")  # never stored or echoed
         return d
-
-
-def safe_name(name: str | None, default: str = "file") -> str:
-    """A file name that is safe as one path component: no folders, no '..', printable, bounded length."""
-    name = unicodedata.normalize("NFKC", name or "")
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = re.sub(r"[^\w.\-]+", "_", name, flags=re.UNICODE).strip("._") or default
-    stem, dot, ext = name.rpartition(".")
-    if dot and len(ext) <= 8:
-        return stem[:80].strip("._") + "." + ext if stem.strip("._") else default + "." + ext
-    return name[:90]
 
 
 def unique_stems(names: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import unicodedata
 from dataclasses import asdict, dataclass
 
 from PIL import Image, ImageDraw, ImageFont
@@ -221,3 +222,14 @@ def b64(data: bytes) -> str:
 def strip_special_tokens(raw: str) -> str:
     """What vLLM's skip_special_tokens=True leaves of DeepSeek-OCR output: no grounding or end tokens."""
     return _SPECIAL_RE.sub("", _EOS_RE.sub("", raw))
+
+
+def safe_name(name: str | None, default: str = "file") -> str:
+    """A file name that is safe as one path component: no folders, no '..', printable, bounded length."""
+    name = unicodedata.normalize("NFKC", name or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^\w.\-]+", "_", name, flags=re.UNICODE).strip("._") or default
+    stem, dot, ext = name.rpartition(".")
+    if dot and len(ext) <= 8:
+        return stem[:80].strip("._") + "." + ext if stem.strip("._") else default + "." + ext
+    return name[:90]

@@ -17,9 +17,10 @@ import ocr_utils
 import pipeline
 from config import Settings
 from deepseek_ocr import PROMPTS
-from documents import DocOptions, process_document, safe_name
+from documents import DocOptions, process_document
 from errors import InputError
 from jobs import callbacks
+from ocr_utils import safe_name
 from process.image_process import MODES, sniff_kind
 
 PREFIX = "/pdf"

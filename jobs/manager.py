@@ -20,12 +20,13 @@ from pathlib import Path
 
 from config import Settings
 from deepseek_ocr import OCREngine
-from documents import DocOptions, Renderer, process_many, safe_name, write_zip
+from documents import DocOptions, Renderer, process_many, write_zip
 from errors import InputError
 from jobs.callbacks import Callbacks
 from jobs.events import Notifier
 from jobs.sqlite_store import SQLiteJobStore
 from jobs.store import ACTIVE, JobStore
+from ocr_utils import safe_name
 from storage.job_io import JobIO
 
 log = logging.getLogger("ocr.jobs")

@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from documents import Fetch, safe_name
+from ocr_utils import safe_name
 from storage import s3
 from storage.results import upload_document
 
@@ -28,7 +29,7 @@ class RemoteInput:
     def name(self) -> str:
         return self.uri.key.rsplit("/", 1)[-1]
 
-    def fetcher(self, folder: Path, limit: int) -> Fetch:
+    def fetcher(self, folder: Path, limit: int) -> Callable[[], Awaitable[Path]]:
         """Downloads the object (size-capped) when its document's turn comes."""
         path = folder / safe_name(self.name)
 

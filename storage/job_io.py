@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 from config import Settings
-from documents import safe_name
 from errors import InputError
+from ocr_utils import safe_name
 from storage import s3
 from storage.policy import check_read, check_write
 from storage.results import upload_document

@@ -9,7 +9,8 @@ import zipfile
 import pymupdf
 from conftest import BROKEN, DOCLING, OCR_TEST_TEXT, cer, page_text, render
 
-from documents import safe_name, unique_stems
+from documents import unique_stems
+from ocr_utils import safe_name
 
 
 def files(*items):
