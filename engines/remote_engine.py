@@ -323,14 +323,20 @@ class RemoteEngine(OCREngine):
             return corrupt
         return e
 
-    async def _run(self, req: OCRRequest) -> OCRResult:
+    @asynccontextmanager
+    async def _failures_answered(self, req: OCRRequest) -> AsyncIterator[None]:
+        """The page's InputError raised inside, replaced by `_failure`'s answer where that is another one."""
         try:
-            return await self._send(req)
+            yield
         except InputError as e:
             answer = await self._failure(req, e)
             if answer is e:
                 raise
             raise answer from e
+
+    async def _run(self, req: OCRRequest) -> OCRResult:
+        async with self._failures_answered(req):
+            return await self._send(req)
 
     async def _send(self, req: OCRRequest) -> OCRResult:
         t0 = time.perf_counter()
@@ -388,15 +394,9 @@ class RemoteEngine(OCREngine):
         """Deltas from the backend's SSE stream; retried elsewhere only if it fails before the first one."""
         if not self.ready:
             raise self.not_ready()
-        try:
-            async with aclosing(self._stream_page(req)) as items:
-                async for item in items:
-                    yield item
-        except InputError as e:
-            answer = await self._failure(req, e)
-            if answer is e:
-                raise
-            raise answer from e
+        async with self._failures_answered(req), aclosing(self._stream_page(req)) as items:
+            async for item in items:
+                yield item
 
     async def _stream_page(self, req: OCRRequest) -> AsyncIterator[str | OCRResult]:
         async with self._slots, self.page_ref(req) as image_url:
