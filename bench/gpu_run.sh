@@ -12,6 +12,7 @@
 #   bash bench/gpu_run.sh remote    # `vllm serve` + our plugin and guard, 8 API servers: openai client, then this service as front
 #                                   # (ENGINES=2 API_SERVERS=4: two engines sharing the GPU; FRONT_PHASES=, SKIP_PEER=1)
 #   bash bench/gpu_run.sh bench/guard_device_check.py   # any script: does the guard's logits write wait for the GPU?
+#   bash bench/gpu_run.sh bench/encoder_graph_check.py --model /tmp/dsocr   # encoder graphs' embeddings vs eager
 # Environment: PAGES, PASSES, PHASES, EXTRA (gpu_bench flags), PROFILE_S (py-spy: the API process during the burst,
 # the EngineCore during the engine's cached pass), MOE=/tmp/moe_tuned (tuned MoE configs for every run:
 # VLLM_TUNED_CONFIG_FOLDER; unset = the table shipped in engines/moe_configs; MOE=none = vLLM's default config),

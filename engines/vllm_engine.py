@@ -57,7 +57,8 @@ def engine_args(settings: Settings, logits_processor: object) -> dict:
         "kv_cache_dtype": settings.kv_cache_dtype,
         "logits_processors": [logits_processor],
         "enforce_eager": settings.enforce_eager,
-        "compilation_config": {"cudagraph_mm_encoder": settings.encoder_cudagraph},
+        # Encoder graphs are CUDA graphs too: ENFORCE_EAGER turns them off with the rest.
+        "compilation_config": {"cudagraph_mm_encoder": settings.encoder_cudagraph and not settings.enforce_eager},
         "disable_log_stats": False,  # KV-cache and queue gauges reach /metrics
     }
 

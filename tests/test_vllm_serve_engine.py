@@ -62,7 +62,7 @@ def test_serve_argv_is_the_in_process_engine_with_n_api_servers():
         "--tensor-parallel-size", "1", "--data-parallel-size", "1",
         "--no-enable-prefix-caching", "--mm-processor-cache-gb", "0.0", "--kv-cache-dtype", "auto",
         "--logits-processors", "engines.vllm_ngram:BatchedNGramLogitsProcessor",
-        "--compilation-config", '{"cudagraph_mm_encoder": false}',
+        "--compilation-config", '{"cudagraph_mm_encoder": true}',
         "--chat-template", "/data/vllm_serve/chat_template.jinja", "--chat-template-content-format", "string",
         "--disable-uvicorn-access-log", "--middleware", "engines.vllm_served_by.ServedBy",
     ]  # fmt: skip
