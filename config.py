@@ -29,7 +29,12 @@ class Settings(BaseSettings):
     model_path: str = Field("deepseek-ai/DeepSeek-OCR", description="local folder or hub id of the weights")
     load_format: str = Field("auto", description="vLLM load format; 'dummy' = random weights (tests)")
     gpu_mem_utilization: float = Field(0.75, gt=0.0, le=1.0)
-    max_concurrency: int = Field(100, ge=1, le=4096, description="requests the engine runs at once")
+    max_concurrency: int = Field(
+        256, ge=1, le=4096,
+        description="requests the engine runs at once (vLLM max_num_seqs: vLLM's own default is 256 below 70 GB of "
+        "GPU memory, 1024 above; every GPU figure in bench/RESULTS.md ran with 256, and 512 measured 1.03x, within "
+        "one host's spread)",
+    )  # fmt: skip
     max_model_len: int = Field(8192, ge=512)
     max_num_batched_tokens: int = Field(
         16384, ge=1024,

@@ -105,6 +105,7 @@ def test_encoder_cuda_graphs_are_a_compilation_option():
     off = engine_args(Settings(_env_file=None, encoder_cudagraph=False), "p")["compilation_config"]
     assert on == {"cudagraph_mm_encoder": True} and off == {"cudagraph_mm_encoder": False}
     assert Settings(_env_file=None).encoder_cudagraph is True  # same embeddings as eager, measured faster: default
+    assert engine_args(Settings(_env_file=None), "p")["max_num_seqs"] == 256  # the benchmarks' setting
     eager = engine_args(Settings(_env_file=None, enforce_eager=True), "p")["compilation_config"]
     assert eager == {"cudagraph_mm_encoder": False}
 

@@ -57,7 +57,7 @@ def test_serve_argv_is_the_in_process_engine_with_n_api_servers():
         sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", "/models/deepseek-ocr",
         "--served-model-name", "/models/deepseek-ocr", "--host", "127.0.0.1", "--port", "8123",
         "--api-server-count", "8",
-        "--load-format", "auto", "--gpu-memory-utilization", "0.75", "--max-num-seqs", "100",
+        "--load-format", "auto", "--gpu-memory-utilization", "0.75", "--max-num-seqs", "256",
         "--max-model-len", "8192", "--max-num-batched-tokens", "16384",
         "--tensor-parallel-size", "1", "--data-parallel-size", "1",
         "--no-enable-prefix-caching", "--mm-processor-cache-gb", "0.0", "--kv-cache-dtype", "auto",
