@@ -153,6 +153,14 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         256, ge=0, description="single-image requests allowed to wait beyond engine capacity before 503"
     )
+    intake_slots: int = Field(
+        8, ge=0, le=4096,
+        description="requests that read their upload and get ready for the engine at once; more wait in arrival "
+        "order, so a burst's first pages reach the engine first instead of all at the end (intake.py; 0: no limit)",
+    )  # fmt: skip
+    intake_hold_s: float = Field(
+        0.25, gt=0, description="the longest one request holds an intake slot: a slow upload goes on without one"
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(default=[], description="accepted API keys (comma-separated)")
     api_keys_file: Path | None = Field(None, description="a file of API keys, one per line")
     log_format: Literal["json", "text"] = "json"

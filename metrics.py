@@ -13,6 +13,7 @@ PAGES = Counter("ocr_pages_total", "pages (images) through the engine", ["engine
 TOKENS = Counter("ocr_tokens_total", "tokens through the engine", ["engine", "kind"])
 IN_FLIGHT = Gauge("ocr_engine_in_flight", "requests the engine is running")
 QUEUE = Gauge("ocr_engine_queue_depth", "requests waiting for an engine slot")
+INTAKE_WAITING = Gauge("ocr_intake_waiting", "requests waiting, in arrival order, to read their upload (intake.py)")
 BUSY = Counter("ocr_engine_busy_seconds_total", "seconds the engine spent running requests (summed)")
 
 

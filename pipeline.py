@@ -14,6 +14,7 @@ from fastapi import Request, UploadFile
 from fastapi.responses import JSONResponse
 from PIL import Image
 
+import intake
 import ocr_utils
 from config import Settings
 from deepseek_ocr import OCREngine, OCRRequest, OCRResult, PromptSpec, Task, resolve_prompt
@@ -231,6 +232,7 @@ async def ocr_page(
 ) -> PageResult:
     req = build_request(settings, image, prompt, engine=engine, **options)
     t0 = time.perf_counter()
+    intake.handed_off()
     res = await engine.generate(req)  # REQUEST_TIMEOUT_S bounds its running time
     res.timings.setdefault("engine_wall", round(time.perf_counter() - t0, 4))
     return await asyncio.to_thread(postprocess, req, res, image_info or {}, page)

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 
+import intake
 import metrics
 import pipeline
 from config import Settings, get_settings
@@ -134,6 +135,9 @@ def create_app(settings: Settings | None = None, routers: dict[str, str] | None 
         engine.on_death = death_policy(settings)
         app.state.engine = engine
         app.state.renderer = Renderer(settings.num_workers)
+        app.state.intake = (
+            intake.Intake(settings.intake_slots, settings.intake_hold_s) if settings.intake_slots else None
+        )
         app.state.engine_task = asyncio.create_task(engine.start())  # /health answers while it loads
         app.state.jobs, app.state.jobs_error = None, None
         try:
@@ -160,7 +164,9 @@ def create_app(settings: Settings | None = None, routers: dict[str, str] | None 
     )
     app.state.settings = settings
     install_handlers(app)
-    # Outermost last: request id + access log, then API keys, then the body cap (base64 in JSON is 4/3).
+    # Outermost last: request id + access log, API keys, the body cap (base64 in JSON is 4/3), then the intake
+    # (uploads read in arrival order, a few at a time; a refused request never takes a slot).
+    app.add_middleware(intake.IntakeGate)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
     app.add_middleware(ApiKeys, keys=keys)
     app.add_middleware(RequestContext)
@@ -180,6 +186,7 @@ def base_router() -> APIRouter:
             "version": VERSION,
             "engine": {**engine.info(), "selected_because": getattr(engine, "selection_reason", None)},
             "routers": request.app.state.router_status,
+            "intake": gate.info() if (gate := getattr(request.app.state, "intake", None)) else None,
             "docs": "/docs",
         }
 
@@ -261,6 +268,7 @@ async def _stream(request: Request, data: bytes, prompt: str | None, options: di
     pipeline.validate(engine, settings, prompt, options.get("mode"), options.get("target"))
     image, _, source = await pipeline.decode_page(engine, settings, data)
     req = pipeline.build_request(settings, image, prompt, engine=engine, source=source, **options)
+    intake.handed_off()
 
     async def events():
         try:

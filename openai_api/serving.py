@@ -20,6 +20,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
+import intake
 import pipeline
 from config import Settings
 from deepseek_ocr import OCREngine, OCRResult
@@ -202,6 +203,7 @@ async def stream(request: Request, body: ChatCompletionRequest) -> StreamingResp
         raise engine.not_ready()
     image, _, source = await pipeline.decode_page(engine, settings, data)
     req = pipeline.build_request(settings, image, chat.prompt, engine=engine, source=source, **chat.options)
+    intake.handed_off()
     items = engine.stream_result(req)
     first = await anext(items)  # raises here (not inside the 200 stream) when nothing could start
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), engine.model_name
