@@ -147,6 +147,7 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     from engines import vllm_register
+    from engines.vllm_engine import engine_prompt_of
 
     vllm_register.register()
     llm = LLM(
@@ -157,20 +158,14 @@ def main() -> None:
     redrawn = llm.collective_rpc(install, args=(not args.dummy_vision,))
     if any(n is None for n in redrawn):
         sys.exit("no encoder CUDA graph manager in the worker")
-    inputs, p = [], 0
+    prompts, p = [], 0
     for p in range(args.gundam_pages):  # Gundam, mostly A4: steps of many graph-sized images
         shape = list(SHAPES)[p % 8 if p % 8 < 4 else 0]
-        inputs.append((shape, "gundam", page(p, *SHAPES[shape])))
-    for name in MODES:  # every mode, every shape, in the same burst
-        for shape, (w, h) in SHAPES.items():
+        prompts.append(engine_prompt_of(page(p, *SHAPES[shape]), PROMPT, MODES["gundam"]))
+    for mode in MODES.values():  # every mode, every shape, in the same burst
+        for w, h in SHAPES.values():
             p += 1
-            inputs.append((shape, name, page(p, w, h)))
-    prompts = [
-        {"prompt": PROMPT, "multi_modal_data": {"image": im},
-         "mm_processor_kwargs": {"base_size": MODES[m].base_size, "image_size": MODES[m].image_size,
-                                 "crop_mode": MODES[m].crop_mode}}
-        for _, m, im in inputs
-    ]  # fmt: skip
+            prompts.append(engine_prompt_of(page(p, w, h), PROMPT, mode))
     t0 = time.time()
     llm.generate(prompts, SamplingParams(max_tokens=1, temperature=0.0))
     rows = llm.collective_rpc(collect)[0]
