@@ -169,7 +169,7 @@ def main() -> None:
             "out_tokens_per_page": out_tok // args.pages, "max_num_seqs": args.max_num_seqs,
             "kv_cache_dtype": args.kv_cache_dtype, "mm_cache_gb": args.mm_cache_gb,
             "tuned_moe": os.environ.get("VLLM_TUNED_CONFIG_FOLDER"), "guard_rule_violations": broken,
-            "gpu_busy_mean_pct": busy.mean, "batched_encoder": os.environ.get("BATCHED_ENCODER", "0") == "1",
+            **busy.summary(), "batched_encoder": os.environ.get("BATCHED_ENCODER", "0") == "1",
             "encoder_cudagraph": args.encoder_cudagraph, "max_num_batched_tokens": args.max_num_batched_tokens,
             "uint8_pixels": vllm_pixels.enabled(), "device_views": os.environ.get("DEVICE_VIEWS", "0") == "1",
             **phase_means(outs),

@@ -331,7 +331,7 @@ def phase_burst(
         reached = {f"to_engine_p{int(q * 100)}_s": reached_engine(samples, pages, q) for q in (0.1, 0.5, 0.9)}
         engine = httpx.get(f"{base}/").json()["engine"]
         files = {k: v for k, v in (engine.get("page_files") or {}).items() if k != "folder"}  # counts, connector
-        rate(f"service-http-{label}", pages, dt, outs, pass_no=i, gpu_busy_mean_pct=busy.mean, **front, **reached,
+        rate(f"service-http-{label}", pages, dt, outs, pass_no=i, **busy.summary(), **front, **reached,
              **cpu.summary(), page_files=files, timeline=samples)  # fmt: skip
         print("ENGINE", json.dumps(engine.get("api_processes")), flush=True)
         if spy is not None:

@@ -10,7 +10,8 @@
 #   bash bench/gpu_run.sh moe       # vLLM's fused-MoE tuner (bench/moe_tune.py) -> /tmp/moe_tuned, then the engine on it
 #   bash bench/gpu_run.sh engine512 # engine alone with 512 sequences (bf16 KV; fp8 KV too with FP8=1), cached
 #   bash bench/gpu_run.sh remote    # `vllm serve` + our plugin and guard, 8 API servers: openai client, then this service as front
-#                                   # (ENGINES=2 API_SERVERS=4: two engines sharing the GPU; FRONT_PHASES=, SKIP_PEER=1)
+#                                   # (ENGINES=2 API_SERVERS=4: two engines sharing the GPU; FRONT_PHASES=, SKIP_PEER=1,
+#                                   # SKIP_FRONT=1: the openai client only, PASSES bursts)
 #   bash bench/gpu_run.sh bench/guard_device_check.py   # any script: does the guard's logits write wait for the GPU?
 #   bash bench/gpu_run.sh bench/encoder_graph_check.py --model /tmp/dsocr   # encoder graphs' embeddings vs eager
 # Environment: PAGES, PASSES, PHASES, EXTRA (gpu_bench flags), PROFILE_S (py-spy: the API process during the burst,
@@ -62,6 +63,7 @@ case "${1:-check}" in
                engine --guard batched --passes fill,cached --pages 512 --max-num-seqs 512 --mm-cache-gb 24 --kv-cache-dtype fp8
              fi ;;
   remote) python3 bench/serve_compare.py --api-servers "${API_SERVERS:-8}" --pages "${PAGES:-256}" \
-            --engines "${ENGINES:-1}" --front-phases "${FRONT_PHASES:-burst}" ${SKIP_PEER:+--skip-peer} 2>&1 | tee "$OUT/remote.log" | grep --line-buffered -v "^MODE" ;;
+            --engines "${ENGINES:-1}" --front-phases "${FRONT_PHASES:-burst}" ${SKIP_PEER:+--skip-peer} \
+            ${SKIP_FRONT:+--skip-front} --passes "${PASSES:-1}" 2>&1 | tee "$OUT/remote.log" | grep --line-buffered -v "^MODE" ;;
   *) python3 "$@" ;;
 esac

@@ -1,7 +1,7 @@
 """Watching a GPU run from the side: how busy the GPU was, and where a process's Python time went.
 
-- `GpuBusy`: samples `nvidia-smi`'s utilization.gpu (the share of time a kernel was running) while a block
-  runs; a mean well under 100% means the GPU waited on the CPU.
+- `GpuBusy`: samples `nvidia-smi`'s utilization.gpu (the share of time a kernel was running), SM clock and
+  power while a block runs; a mean well under 100% means the GPU waited on the CPU.
 - `start_profile`: py-spy on a process (GIL holders, every thread), summarised by bench/pyspy_summary.py.
 - `engine_core_pids` / `titled_pids`: vLLM's EngineCore (API server, ...) processes under a parent (the LLM
   class, the service, `vllm serve`).
@@ -18,16 +18,21 @@ from pathlib import Path
 
 
 class GpuBusy:
-    """`with GpuBusy() as g: ...` then g.mean (percent, None without nvidia-smi)."""
+    """`with GpuBusy() as g: ...` then g.mean (percent, None without nvidia-smi), g.sm_mhz and g.watts (means of
+    the SM clock and power draw: a GPU that clocks down runs slower steps for the same work)."""
+
+    QUERY = "utilization.gpu,clocks.sm,power.draw"
 
     def __init__(self, every_ms: int = 100):
         self.every_ms = every_ms
         self.proc: subprocess.Popen | None = None
         self.mean: float | None = None
+        self.sm_mhz: float | None = None
+        self.watts: float | None = None
 
     def __enter__(self) -> GpuBusy:
         if smi := shutil.which("nvidia-smi"):
-            cmd = [smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", f"-lms={self.every_ms}"]
+            cmd = [smi, f"--query-gpu={self.QUERY}", "--format=csv,noheader,nounits", f"-lms={self.every_ms}"]
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         return self
 
@@ -36,8 +41,18 @@ class GpuBusy:
             return
         self.proc.terminate()
         out, _ = self.proc.communicate(timeout=10)
-        vals = [float(v) for v in out.split() if v.replace(".", "", 1).isdigit()]
-        self.mean = round(sum(vals) / len(vals), 1) if vals else None
+        rows = []
+        for line in out.splitlines():
+            try:
+                rows.append([float(v) for v in line.split(",")])
+            except ValueError:
+                continue
+        rows = [r for r in rows if len(r) == 3]
+        if rows:
+            self.mean, self.sm_mhz, self.watts = (round(sum(c) / len(rows), 1) for c in zip(*rows, strict=True))
+
+    def summary(self) -> dict:
+        return {"gpu_busy_mean_pct": self.mean, "gpu_sm_mhz_mean": self.sm_mhz, "gpu_watts_mean": self.watts}
 
 
 def start_profile(pid: int, seconds: float, delay: float, out: Path, gil: bool = True) -> subprocess.Popen | None:
@@ -138,10 +153,13 @@ class CpuSplit:
             self._timer.join()
         self.seconds = {k: round(v - self._before.get(k, 0.0), 1) for k, v in after.items()}
         busy = _busy(host) - _busy(self._host_before)
-        self.host_busy_pct = round(100 * busy / max(1e-9, sum(host) - sum(self._host_before)), 1)
+        total = max(1e-9, sum(host) - sum(self._host_before))
+        self.host_busy_pct = round(100 * busy / total, 1)
+        # time the hypervisor ran something else on this machine's cores (a noisy neighbour), in core-seconds
+        self.steal_s = round(getattr(host, "steal", 0.0) - getattr(self._host_before, "steal", 0.0), 2)
 
     def summary(self) -> dict:
         api = sorted((v for k, v in self.seconds.items() if k.startswith("APIServer")), reverse=True)
         rest = {k: v for k, v in self.seconds.items() if not k.startswith("APIServer") and v >= 0.5}
-        out = {"host_busy_pct": self.host_busy_pct, "api_cpu_s": api, "cpu_s": rest}
+        out = {"host_busy_pct": self.host_busy_pct, "steal_s": self.steal_s, "api_cpu_s": api, "cpu_s": rest}
         return {**out, "api_conns": self.spread} if self.spread else out

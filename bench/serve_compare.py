@@ -23,7 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gpu_bench import synthetic_page
+from gpu_bench import synthetic_page, vllm_front, vllm_time_sums
+from gpu_watch import CpuSplit, GpuBusy
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,7 +56,16 @@ def start_vllm(model: str, port: int, api_servers: int, log: Path, gpu_share: fl
     raise SystemExit("vllm serve did not come up")
 
 
-async def peer_burst(ports: list[int], model: str, pages: int, out_tokens: int) -> dict:
+def time_sums(ports: list[int]) -> dict[str, float]:
+    """vLLM's per-request time histograms, summed over every instance."""
+    total: dict[str, float] = {}
+    for port in ports:
+        for k, v in vllm_time_sums(f"http://127.0.0.1:{port}/metrics").items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+async def peer_burst(ports: list[int], model: str, pages: int, out_tokens: int, passes: int = 1) -> list[dict]:
     import httpx
     from openai import AsyncOpenAI
 
@@ -79,11 +89,17 @@ async def peer_burst(ports: list[int], model: str, pages: int, out_tokens: int) 
         return r.usage.completion_tokens
 
     await asyncio.gather(*(one(urls[0], k) for k in range(len(clients))))
-    t0 = time.perf_counter()
-    toks = await asyncio.gather(*(one(u, k) for k, u in enumerate(urls)))
-    dt = time.perf_counter() - t0
-    return {"pages": pages, "seconds": round(dt, 2), "pages_per_s": round(pages / dt, 3),
-            "out_tokens_per_page": sum(toks) // pages}  # fmt: skip
+    rows = []
+    for i in range(passes):
+        before = time_sums(ports)
+        with GpuBusy() as busy, CpuSplit(os.getpid()) as cpu:
+            t0 = time.perf_counter()
+            toks = await asyncio.gather(*(one(u, k) for k, u in enumerate(urls)))
+            dt = time.perf_counter() - t0
+        rows.append({"pass_no": i, "pages": pages, "seconds": round(dt, 2), "pages_per_s": round(pages / dt, 3),
+                     "out_tokens_per_page": sum(toks) // pages, **busy.summary(), **cpu.summary(),
+                     **vllm_front(before, time_sums(ports))})  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -96,6 +112,8 @@ def main() -> None:
     ap.add_argument("--engines", type=int, default=1, help="vllm serve instances sharing the GPU")
     ap.add_argument("--front-phases", default="modes,burst")
     ap.add_argument("--skip-peer", action="store_true", help="only this service as the front")
+    ap.add_argument("--skip-front", action="store_true", help="only the peer (vllm serve through the openai client)")
+    ap.add_argument("--passes", type=int, default=1, help="peer bursts, one after another")
     args = ap.parse_args()
     ports = [args.port + k for k in range(args.engines)]
     logs = [Path(f"/tmp/vllm_serve{k or ''}.log") for k in range(args.engines)]
@@ -104,9 +122,11 @@ def main() -> None:
         for port, log in zip(ports, logs, strict=True):  # one at a time: each profiles the memory left to it
             procs.append(start_vllm(args.model, port, args.api_servers, log, round(0.9 / args.engines, 3)))
         if not args.skip_peer:
-            peer = asyncio.run(peer_burst(ports, args.model, args.pages, args.out_tokens))
             kind = f"vllm-serve-{args.api_servers}-api-batched-guard-x{args.engines}"
-            print("RESULT", json.dumps({"kind": kind, "engines": args.engines, **peer}), flush=True)
+            for peer in asyncio.run(peer_burst(ports, args.model, args.pages, args.out_tokens, args.passes)):
+                print("RESULT", json.dumps({"kind": kind, "engines": args.engines, **peer}), flush=True)
+        if args.skip_front:
+            return
         urls = " ".join(f"http://127.0.0.1:{port}" for port in ports)  # space: --extra-env splits on commas
         env = f"REMOTE_URLS={urls},REMOTE_CONCURRENCY={512 * args.engines}"
         subprocess.run(
