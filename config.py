@@ -85,7 +85,14 @@ class Settings(BaseSettings):
         "API servers as a child process this service manages (same engine arguments, plugin and guard), so input "
         "processing scales with cores (bench/RESULTS.md: 0.79-0.88x the engine alone vs 0.69x in-process on one H100)",
     )  # fmt: skip
-    vllm_serve_port: int = Field(0, ge=0, le=65535, description="loopback port of that `vllm serve` (0: a free one)")
+    vllm_instances: int = Field(
+        1, ge=1, le=8,
+        description="`vllm serve` children sharing the GPU (with VLLM_API_SERVERS != 0), each with 1/N of "
+        "GPU_MEM_UTILIZATION, MAX_CONCURRENCY and the API servers: N EngineCore loops on N cores (bench/RESULTS.md)",
+    )  # fmt: skip
+    vllm_serve_port: int = Field(
+        0, ge=0, le=65535, description="loopback port of that `vllm serve` (0: a free one; the Nth child: +N-1)"
+    )
     vllm_serve_args: str = Field(
         "", description="more `vllm serve` flags for that child, shell-quoted (e.g. \"--mm-tensor-ipc torch_shm\"); "
         "they come last, so they win over the flags this service derives"

@@ -188,12 +188,16 @@ VLLM_TIMES = (
 )  # fmt: skip
 
 
-def scrape(base: str) -> str:
-    """A Prometheus /metrics page ("" if it does not answer)."""
-    try:
-        return httpx.get(f"{base}/metrics", timeout=30).text
-    except httpx.HTTPError:
-        return ""
+def scrape(bases: str) -> str:
+    """The Prometheus /metrics pages of one base URL or several (space-separated: VLLM_INSTANCES children), one
+    after another, so `metric` sums each series over all of them ("" for one that does not answer)."""
+    texts = []
+    for base in bases.split():
+        try:
+            texts.append(httpx.get(f"{base}/metrics", timeout=30).text)
+        except httpx.HTTPError:
+            pass
+    return "\n".join(texts)
 
 
 def metric(text: str, name: str) -> float | None:
@@ -463,7 +467,8 @@ def main() -> None:
         info = httpx.get(f"{base}/").json()["engine"]
         # vLLM's gauges and histograms: this service's /metrics in-process, the managed child's with VLLM_API_SERVERS
         managed = info.get("shape") == "vllm serve (managed)"  # VLLM_API_SERVERS: -1 (default) on a GPU box, or N
-        metrics_url = f"http://127.0.0.1:{env['VLLM_SERVE_PORT']}" if managed else base
+        children = info.get("children") or [{"url": f"http://127.0.0.1:{env['VLLM_SERVE_PORT']}"}]
+        metrics_url = " ".join(c["url"] for c in children) if managed else base
         print(f"service up in {time.time() - t0:.0f} s: {json.dumps(info)}", flush=True)
         modes = list(httpx.get(f"{base}/ocr/info").json()["modes"])
         warm = {"prompt": PROMPT, "max_tokens": 8, "image_base64": b64(synthetic_page(0))}

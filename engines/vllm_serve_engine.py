@@ -5,13 +5,17 @@ in-process, 1.01x with `vllm serve --api-server-count 8`; bench/RESULTS.md). So 
 (uploads, PDFs, jobs, layouts) and runs vLLM's OpenAI server on loopback with the same engine arguments as
 the in-process engine (engine_args), this service's vLLM plugin (every mode), repetition guard and MoE table,
 and sends it pages as the remote engine does.
-- start(): spawn the child in its own process group (its API servers and EngineCore join it), log to
-  DATA_DIR/vllm_serve/serve.log, wait for its /health; a child that exits or never answers leaves the
-  reason (exit code, last log lines) in /ready while /health keeps answering.
-- The child's exit while serving is the engine's death: 503 engine_unavailable with the exit code and its
-  log's last error line, and the ENGINE_DEATH policy. The rest of its process group is killed at once.
-  A page that fails while the child goes down (vLLM takes seconds to exit) waits for the exit and gets the 503.
-- stop(): SIGTERM to the group, SIGKILL to what is left after STOP_GRACE_S.
+- VLLM_INSTANCES=K runs K such children on the one GPU, each with 1/K of its memory, of MAX_CONCURRENCY and of
+  the API servers, each its own backend: one EngineCore's Python loop (scheduling, outputs) is what keeps the
+  GPU waiting under a burst, and K of them run on K cores.
+- start(): spawn each child (engines/vllm_serve_child.py) in its own process group (its API servers and
+  EngineCore join it), log to DATA_DIR/vllm_serve/serve.log (serve2.log, ...), wait for its /health; a child
+  that exits or never answers leaves the reason (exit code, last log lines) in /ready while /health keeps answering.
+- A child's exit while serving is the engine's death: 503 engine_unavailable with the exit code and its
+  log's last error line, and the ENGINE_DEATH policy. The rest of its process group, and the other children,
+  are killed at once. A page that fails while a child goes down (vLLM takes seconds to exit) waits for the
+  exit and gets the 503.
+- stop(): SIGTERM to every child's group, SIGKILL to what is left after STOP_GRACE_S.
 """
 
 from __future__ import annotations
@@ -22,9 +26,7 @@ import json
 import logging
 import math
 import os
-import re
 import shlex
-import signal
 import socket
 import sys
 import tempfile
@@ -41,6 +43,7 @@ from engines.api_lanes import Lanes
 from engines.page_files import PageFiles, choose_folder
 from engines.remote_engine import Backend, BackendFailed, RemoteEngine
 from engines.vllm_engine import FAMILIES, FAMILY_MODES, engine_args, from_cores, model_env, tuned_moe_folder
+from engines.vllm_serve_child import ServeChild, log_tail
 from engines.warmup import warm_requests
 from errors import InputError
 
@@ -58,9 +61,6 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 NOT_SERVE_FLAGS = {"renderer_num_workers"}
 # Booleans whose vLLM default is not False, so False must be written (--no-...).
 EXPLICIT_FALSE = {"enable_prefix_caching"}
-# A Python exception line ("RuntimeError: ...") or a logged error ("(EngineCore pid=7) ERROR ...").
-ERROR_LINE = re.compile(r"^(\(.*?\) )?([\w.]*(Error|Exception)\b|ERROR\b)")
-HEALTH_POLL_S = 0.5
 # A page that failed waits this long for the child's exit before its answer: `vllm serve` exits ~5 s after
 # its EngineCore died (it waits for its API servers), answering 500 or resetting connections meanwhile.
 DEATH_WAIT_S = 10.0
@@ -154,31 +154,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def log_tail(path: Path, lines: int = 5) -> list[str]:
-    """The last non-empty lines of a log file."""
-    try:
-        with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    return [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-
-
-def exit_line(path: Path) -> str | None:
-    """The log line that says why the child ended: the last exception or ERROR line, else the last line."""
-    lines = log_tail(path, 40)
-    return next((line for line in reversed(lines) if ERROR_LINE.search(line)), lines[-1] if lines else None)
-
-
-def exit_text(code: int) -> str:
-    """An exit status as words: a negative one is the signal that ended the process."""
-    with contextlib.suppress(ValueError):
-        if code < 0:
-            return f"code {code} ({signal.Signals(-code).name})"
-    return f"code {code}"
-
-
 def model_family(model_path: str) -> str | None:
     """DeepSeek-OCR or DeepSeek-OCR-2, from the weights' config.json, in a local folder or the hub cache (None if
     unknown)."""
@@ -189,6 +164,20 @@ def model_family(model_path: str) -> str | None:
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
     return FAMILIES.get(arch)
+
+
+def instance_settings(settings: Settings, instances: int) -> Settings:
+    """One of VLLM_INSTANCES children's settings: its share of the GPU's memory, of MAX_CONCURRENCY and of the
+    API servers (at least one each)."""
+    if instances <= 1:
+        return settings
+    return settings.model_copy(
+        update={
+            "gpu_mem_utilization": round(settings.gpu_mem_utilization / instances, 4),
+            "max_concurrency": math.ceil(settings.max_concurrency / instances),
+            "vllm_api_servers": max(1, api_servers(settings) // instances),
+        }
+    )
 
 
 class ManagedVLLMServeEngine(RemoteEngine):
@@ -202,17 +191,18 @@ class ManagedVLLMServeEngine(RemoteEngine):
     ):
         """`argv(port)` and `env` replace the `vllm serve` command and add to its environment (tests only)."""
         super().__init__(settings)
-        self.backends = [Backend("http://127.0.0.1:0", self.capacity())]  # the port is picked at start
-        self.backends[0].max_model_len = settings.max_model_len  # what it is started with (its card says so too)
+        self.instances = settings.vllm_instances
+        self.child_settings = instance_settings(settings, self.instances)
+        limit = math.ceil(self.capacity() / self.instances)
+        # One backend per child; the ports are picked at start.
+        self.backends = [Backend("http://127.0.0.1:0", limit) for _ in range(self.instances)]
+        for b in self.backends:
+            b.max_model_len = settings.max_model_len  # what it is started with (its card says so too)
+        self.children: list[ServeChild] = []
         self._argv, self._env = argv, dict(env or {})
-        self._proc: asyncio.subprocess.Process | None = None
-        self._exit: asyncio.Task | None = None  # the child's exit code, once it exits
         self._exit_reason: str | None = None
-        self._serving = self._stopping = self._group_killed = False
-        self.port: int | None = None
-        self.log_path: Path | None = None
+        self._serving = self._stopping = False
         self.start_seconds: float | None = None
-        self.lanes: Lanes | None = None  # with 2+ API servers: connections by API process (engines/api_lanes.py)
         self.page_files = PageFiles(choose_folder(settings.data_dir)) if settings.vllm_page_files else None
         self.lazy_pages = settings.vllm_page_sources  # an upload goes on as it is, vLLM's API processes decode it
         self._warming = False
@@ -225,7 +215,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
         """Twice vLLM's max_num_seqs in flight, so its scheduler always has the next pages waiting."""
         return 2 * self.settings.max_concurrency
 
-    # --- the child ------------------------------------------------------------------------
+    # --- the children -----------------------------------------------------------------------
 
     def _workdir(self) -> Path:
         folder = self.settings.data_dir / "vllm_serve"
@@ -244,25 +234,27 @@ class ManagedVLLMServeEngine(RemoteEngine):
             log.exception("vllm serve could not start")
         if problem:
             self.error = f"vllm serve could not start: {problem}"
-            log.error("%s\n%s", self.error, "\n".join(log_tail(self.log_path, 40)) if self.log_path else "")
+            tails = "\n".join(line for c in self.children for line in log_tail(c.log_path, 40))
+            log.error("%s\n%s", self.error, tails)
             await self._terminate(10)
             return
-        assert self._proc is not None
         self.start_seconds = round(time.monotonic() - t0, 1)
-        log.info("vllm serve (pid %d) answers on port %d after %.1f s", self._proc.pid, self.port, self.start_seconds)
-        self.backends[0].url = f"http://127.0.0.1:{self.port}"
         self._serving = True
-        if (servers := api_servers(self.settings)) > 1:
-            await self._warm_lanes(servers)  # before it is ready: the first pages already spread
+        for child in self.children:
+            log.info("%s (pid %s) answers on port %d", child.name, child.pid, child.port)
+            child.backend.url = child.url
+            if child.api_servers > 1:
+                await self._warm_lanes(child)  # before it is ready: the first pages already spread
+        log.info("vllm serve: %d instance(s) up after %.1f s", self.instances, self.start_seconds)
         await super().start()
-        if self._exit_reason and self._health:  # it died while we connected
+        if self._exit_reason and self._health:  # one died while we connected
             self._health.cancel()
         if self.ready and self.settings.vllm_warmup_pages:
             await self._warm_up(self.settings.vllm_warmup_pages)
 
     async def _warm_up(self, pages: int) -> None:
         """VLLM_WARMUP_PAGES pages at once through the normal path before /ready says ready (engines/warmup.py).
-        A page that fails is logged, not fatal: the child's health decides readiness, as always."""
+        A page that fails is logged, not fatal: the children's health decides readiness, as always."""
         self._warming = True
         self._changed()
         t0 = time.monotonic()
@@ -281,105 +273,74 @@ class ManagedVLLMServeEngine(RemoteEngine):
         self._warming = False
         self._changed()
 
-    async def _warm_lanes(self, servers: int) -> None:
+    async def _warm_lanes(self, child: ServeChild) -> None:
         """A share of lanes for each API process; without lanes, pages share one pool (whoever accepts)."""
         lanes = Lanes(self.make_client)
         try:
-            await lanes.warm(f"{self.backends[0].url}/health", servers, math.ceil(self.capacity() / servers))
+            per_server = math.ceil(child.backend.limit / child.api_servers)
+            await lanes.warm(f"{child.url}/health", child.api_servers, per_server)
         except Exception:
             log.exception("could not open lanes to the API processes: pages share one connection pool")
             await lanes.aclose()
             return
-        self.lanes = lanes
+        child.lanes = lanes
 
     async def _spawn(self, t0: float) -> str | None:
-        """Start the child and wait for its /health: None once it answers, else why not."""
+        """Start the children one after another (each sizes its memory by what the others left) and wait for
+        each one's /health: None once all answer, else why not."""
         work = self._workdir()
-        self.log_path = work / "serve.log"
-        self.port = self.settings.vllm_serve_port or free_port()
         if self.page_files:
             self.page_files.open()
         media = self.page_files.folder if self.page_files else None
         template = write_chat_template(work)
-        argv = self._argv(self.port) if self._argv else serve_argv(self.settings, self.port, template, media)
-        log.info("starting: %s (log %s)", " ".join(argv), self.log_path)
         env = child_env(self.settings, os.environ, self._env)
         self.media_connector = env.get("VLLM_MEDIA_CONNECTOR", "http")
-        with self.log_path.open("wb") as out:
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,  # its own process group
-            )  # fmt: skip
-        self._exit = asyncio.create_task(self._proc.wait())
-        self._exit.add_done_callback(self._exited)
-        return await self._wait_up(f"http://127.0.0.1:{self.port}", t0 + self.settings.vllm_serve_start_timeout_s)
+        deadline = t0 + self.settings.vllm_serve_start_timeout_s
+        servers = max(1, api_servers(self.child_settings))
+        for i, backend in enumerate(self.backends):
+            base_port = self.settings.vllm_serve_port
+            port = base_port + i if base_port else free_port()
+            name = "vllm serve" if self.instances == 1 else f"vllm serve {i + 1}"
+            log_path = work / ("serve.log" if i == 0 else f"serve{i + 1}.log")
+            child = ServeChild(name, port, log_path, backend, servers)
+            self.children.append(child)
+            argv = self._argv(port) if self._argv else serve_argv(self.child_settings, port, template, media)
+            log.info("starting %s: %s (log %s)", name, " ".join(argv), log_path)
+            await child.spawn(argv, env, ROOT, self._exited)
+            if problem := await child.wait_up(deadline, self.settings.vllm_serve_start_timeout_s):
+                return problem if self.instances == 1 else f"{name}: {problem}"
+        return None
 
-    async def _wait_up(self, base: str, deadline: float) -> str | None:
-        """None once the child answers /health; else why not (it exited, or the time ran out)."""
-        assert self._exit is not None and self.log_path is not None
-        log_path = self.log_path
-
-        def tail() -> str:
-            return f"log {log_path}: " + " | ".join(log_tail(log_path))
-
-        async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
-            while not self._exit.done():
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{base}/health")).status_code == 200:
-                        return None
-                if time.monotonic() > deadline:
-                    limit = self.settings.vllm_serve_start_timeout_s
-                    return f"no answer on {base}/health in {limit:.0f} s (VLLM_SERVE_START_TIMEOUT_S); {tail()}"
-                await asyncio.wait({self._exit}, timeout=HEALTH_POLL_S)
-        return f"exited with {exit_text(self._exit.result())}; {tail()}"
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, sig)
-
-    def _kill_group(self) -> None:
-        """SIGKILL to what is left of the child's group (once: the group id is free for reuse afterwards)."""
-        if not self._group_killed:
-            self._group_killed = True
-            self._signal_group(signal.SIGKILL)
-
-    def _exited(self, task: asyncio.Task) -> None:
-        """The child exited: nothing of its group may outlive it; while serving, the engine died."""
-        self._kill_group()
-        if task.cancelled() or self._stopping or not self._serving:
+    def _exited(self, child: ServeChild, code: int) -> None:
+        """A child exited. While serving, that is the engine's death: the other children are stopped too (they
+        share the GPU and the engine is not coming back in this process)."""
+        if self._stopping or not self._serving or self._exit_reason:
             return
-        assert self.log_path is not None
-        why = exit_line(self.log_path)
-        self._exit_reason = f"vllm serve exited with {exit_text(task.result())}" + (f": {why}" if why else "")
-        self._exit_reason += f" (log {self.log_path})"
+        self._exit_reason = child.exit_reason(code)
+        for other in self.children:
+            other.kill_group()
         if self._health:
             self._health.cancel()  # its port may answer again, but not our child: no coming back
-        self.backends[0].up, self.backends[0].last_error = False, self._exit_reason
+        for b in self.backends:
+            b.up, b.last_error = False, self._exit_reason
         self.died(self._exit_reason)  # 503 with the reason, then the ENGINE_DEATH policy
         self._changed()  # requests waiting for a slot wake and get the reason
 
     async def _terminate(self, grace: float) -> None:
-        if self._exit is None:
-            return
-        if not self._exit.done():
-            self._signal_group(signal.SIGTERM)
-            await asyncio.wait({self._exit}, timeout=grace)
-        if not self._exit.done():
-            log.warning("vllm serve still runs %.0f s after SIGTERM: SIGKILL", grace)
-        self._kill_group()
-        await asyncio.wait({self._exit}, timeout=10)
+        clean = await asyncio.gather(*(c.terminate(grace) for c in self.children))
+        if not all(clean):
+            log.warning("vllm serve still ran %.0f s after SIGTERM: SIGKILL", grace)
 
     async def stop(self) -> None:
         self._stopping = True
         await super().stop()
-        if self.lanes:
-            await self.lanes.aclose()
+        for child in self.children:
+            await child.close_lanes()
         await self._terminate(STOP_GRACE_S)
         if self.page_files:
             self.page_files.close()
 
-    # --- the remote engine's view of its one backend -----------------------------------------
+    # --- the remote engine's view of its backends ---------------------------------------------
 
     def _changed(self) -> None:
         super()._changed()
@@ -391,13 +352,17 @@ class ManagedVLLMServeEngine(RemoteEngine):
     def _unavailable(self) -> EngineUnavailable:
         return EngineUnavailable(f"the vllm engine is not available: {self._exit_reason}")
 
+    def _child_of(self, b: Backend) -> ServeChild | None:
+        return next((c for c in self.children if c.backend is b), None)
+
     @contextlib.asynccontextmanager
     async def connection(self, b: Backend) -> AsyncIterator[httpx.AsyncClient]:
-        if self.lanes is None:
+        child = self._child_of(b)
+        if child is None or child.lanes is None:
             async with super().connection(b) as client:
                 yield client
             return
-        async with self.lanes.take() as client:
+        async with child.lanes.take() as client:
             yield client
 
     @contextlib.asynccontextmanager
@@ -421,21 +386,26 @@ class ManagedVLLMServeEngine(RemoteEngine):
         return await super()._acquire(tried)
 
     async def _failure(self, req: OCRRequest, e: InputError) -> InputError:
-        """A page that failed (502, 503) may have met the child dying: then its death is the answer (503)."""
+        """A page that failed (502, 503) may have met a child dying: then its death is the answer (503)."""
         e = await super()._failure(req, e)
-        if e.status in (502, 503) and self._exit is not None:
-            await asyncio.wait({self._exit}, timeout=DEATH_WAIT_S)
+        exits = {c.exit for c in self.children if c.exit is not None}
+        if e.status in (502, 503) and exits:
+            await asyncio.wait(exits, timeout=DEATH_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
         return self._unavailable() if self._exit_reason else e
 
     def info(self) -> dict:
+        first = self.children[0] if self.children else None
         return {
             **super().info(),
             "shape": "vllm serve (managed)",
             "api_servers": api_servers(self.settings),
-            **({"api_processes": self.lanes.info()} if self.lanes else {}),
-            "port": self.port,
-            "pid": self._proc.pid if self._proc else None,
-            "log": str(self.log_path) if self.log_path else None,
+            "instances": self.instances,
+            # the first child's (the only one by default): its port, pid, log and API processes
+            **({"api_processes": first.lanes.info()} if first and first.lanes and self.instances == 1 else {}),
+            "port": first.port if first else None,
+            "pid": first.pid if first else None,
+            "log": str(first.log_path) if first else None,
+            **({"children": [c.info() for c in self.children]} if self.instances > 1 else {}),
             "start_seconds": self.start_seconds,
             **(
                 {"page_files": {**self.page_files.info(), "connector": self.media_connector}} if self.page_files else {}

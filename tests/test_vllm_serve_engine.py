@@ -31,13 +31,14 @@ from engines import vllm_serve_engine
 from engines.factory import build_engine
 from engines.remote_engine import chat_body
 from engines.vllm_engine import VLLMEngine, engine_args, engine_prompt
+from engines.vllm_serve_child import exit_line
 from engines.vllm_serve_engine import (
     CHAT_TEMPLATE,
     NOT_SERVE_FLAGS,
     ROOT,
     ManagedVLLMServeEngine,
     api_servers,
-    exit_line,
+    instance_settings,
     serve_argv,
     serve_env,
 )
@@ -136,6 +137,21 @@ def test_factory_builds_the_managed_engine_for_vllm_api_servers(tmp_path):
     assert ocr2.modes == OCR2_MODES and ocr2.token_strategy == "v2"
 
 
+def test_instances_split_the_gpu_memory_the_sequences_and_the_api_servers():
+    s = Settings(_env_file=None, gpu_mem_utilization=0.9, max_concurrency=256, vllm_api_servers=14, vllm_instances=2)
+    one = instance_settings(s, 2)
+    assert (one.gpu_mem_utilization, one.max_concurrency, one.vllm_api_servers) == (0.45, 128, 7)
+    argv = serve_argv(one, 1, "t")
+    assert flag(argv, "--gpu-memory-utilization") == "0.45" and flag(argv, "--max-num-seqs") == "128"
+    assert flag(argv, "--api-server-count") == "7"
+    three = instance_settings(Settings(_env_file=None, max_concurrency=100, vllm_api_servers=2), 3)
+    assert three.max_concurrency == 34 and three.vllm_api_servers == 1  # at least one API server each
+    assert instance_settings(s, 1) is s
+    engine = ManagedVLLMServeEngine(s)
+    assert engine.capacity() == 512 and [b.limit for b in engine.backends] == [256, 256]  # 2 x 256, split
+    assert ManagedVLLMServeEngine(Settings(_env_file=None, vllm_api_servers=2)).backends[0].limit == 512
+
+
 def test_api_servers_by_default_follow_the_cores():
     """VLLM_API_SERVERS=-1 (default): `vllm serve` with all cores but two as API servers (at most 16) on a
     machine with 4 or more cores, where it measured faster than vLLM in this process; in this process below."""
@@ -198,8 +214,9 @@ def wait_group_gone(pgid: int, timeout: float = 10) -> None:
 
 
 def child_argv(port: int) -> list[str]:
-    """This service on the CPU engine, with a sleeping process in its group (vLLM's other processes)."""
-    script = 'sleep 600 & exec "$0" -m uvicorn serve_ocr:app --host 127.0.0.1 --port "$1"'
+    """This service on the CPU engine, with a sleeping process in its group (vLLM's other processes); each
+    child its own DATA_DIR (VLLM_INSTANCES > 1 starts several)."""
+    script = 'sleep 600 & DATA_DIR="$DATA_DIR/$1" exec "$0" -m uvicorn serve_ocr:app --host 127.0.0.1 --port "$1"'
     return ["sh", "-c", script, sys.executable, str(port)]
 
 
@@ -216,7 +233,7 @@ def slow_death_argv(port: int) -> list[str]:
 def managed(monkeypatch, tmp_path):
     """TestClients of the app on ENGINE=vllm, VLLM_API_SERVERS=1, whose child is this service (CPU engine)."""
 
-    def make(argv=child_argv, warmup_pages: int = 0):
+    def make(argv=child_argv, warmup_pages: int = 0, instances: int = 1):
         child_env = {"ENGINE": "cpu", "NUM_WORKERS": "1", "DATA_DIR": str(tmp_path / "child"), "LOG_FORMAT": "text"}
         cls = functools.partial(ManagedVLLMServeEngine, argv=argv, env=child_env)
         monkeypatch.setattr(vllm_serve_engine, "ManagedVLLMServeEngine", cls)  # what the factory builds
@@ -224,7 +241,8 @@ def managed(monkeypatch, tmp_path):
         # its CPU engine reads a warm-up page in seconds, so the warm-up is asked for where it is tested.
         settings = Settings(_env_file=None, engine="vllm", vllm_api_servers=1, engine_death="stay", num_workers=1,
                             max_concurrency=2, remote_health_interval_s=0.5, data_dir=tmp_path / "front",
-                            vllm_page_files=False, vllm_warmup_pages=warmup_pages)  # fmt: skip
+                            vllm_page_files=False, vllm_warmup_pages=warmup_pages,
+                            vllm_instances=instances)  # fmt: skip
         return make_client(settings)
 
     return make
@@ -286,6 +304,27 @@ def test_a_killed_child_is_the_engines_death(managed, pg9_png, scan_png):
         assert v1.status_code == 503 and "vllm serve exited with code -9" in v1.json()["error"]["message"]
         time.sleep(1.2)  # health checks do not bring a dead child back
         assert client.get("/ready").status_code == 503 and client.get("/health").status_code == 200
+
+
+def test_instances_take_turns_and_one_childs_death_stops_them_all(managed, pg9_png, scan_png):
+    with managed(instances=2) as client:
+        wait_ready(client, timeout=180)
+        info = client.get("/").json()["engine"]
+        children = info["children"]
+        urls, pids = [c["url"] for c in children], [c["pid"] for c in children]
+        assert info["instances"] == 2 and len(set(urls)) == 2 and len(set(pids)) == 2
+        assert [b["url"] for b in info["backends"]] == urls and info["pid"] == pids[0]
+        assert [Path(c["log"]).name for c in children] == ["serve.log", "serve2.log"]
+        for _ in range(4):
+            r = client.post("/ocr/image/simple", files={"file": ("s.png", scan_png)})
+            assert r.status_code == 200 and cer(r.json()["text"], OCR_TEST_TEXT) <= 0.1, r.text
+        assert [httpx.get(f"{u}/").json()["engine"]["completed"] for u in urls] == [2, 2]  # each child read two
+        r = kill_with_a_page_in_flight(client, urls[0], pids[0], pg9_png)  # ties go to the first child
+        assert r.status_code == 503 and "vllm serve 1 exited with code -9" in r.json()["error"]["message"], r.text
+        for pid in pids:
+            wait_group_gone(pid)  # the other child is stopped too: the engine is dead
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["error"].startswith("vllm serve 1 exited with code -9")
 
 
 def test_a_child_whose_server_dies_before_it_exits(managed, pg9_png):
