@@ -247,11 +247,14 @@ class RemoteEngine(OCREngine):
     def _changed(self) -> None:
         up = [b for b in self.backends if b.up]
         self.ready = bool(up)
-        self.error = None if up else "no backend is up: " + "; ".join(f"{b.url}: {b.last_error}" for b in self.backends)
+        self.error = None if up else self._down_reason()
         if up:
             self.model_name = up[0].model or self.model_name
         self._wake.set()
         self._wake = asyncio.Event()
+
+    def _down_reason(self) -> str:
+        return "no backend is up: " + "; ".join(f"{b.url}: {b.last_error}" for b in self.backends)
 
     def _failed(self, b: Backend, reason: str, *, down: bool = False) -> BackendFailed:
         b.failures += 1
@@ -279,7 +282,8 @@ class RemoteEngine(OCREngine):
             if not up:
                 if tried:
                     raise EngineUnavailable(f"backend {tried[-1]} failed and no other backend is up")
-                raise EngineUnavailable(self.error or "no backend is up")
+                # self.error may not be set yet: a health check marks backends down before it calls _changed
+                raise EngineUnavailable(self.error or self._down_reason())
             free = [b for b in up if b.outstanding < b.limit]
             if free:
                 b = min(free, key=lambda b: (b.outstanding, b.picked))

@@ -10,6 +10,7 @@ what travels: an upright RGB PNG or JPEG upload byte for byte, any other page re
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -30,6 +31,7 @@ from service import start_service, stop_service
 
 import pipeline
 from config import Settings
+from deepseek_ocr import EngineUnavailable
 from engines.remote_engine import TEXT_TOKENS_MARGIN, Backend, RemoteEngine, chat_body, error_of, output_budget
 
 
@@ -143,6 +145,17 @@ def test_openai_clients_through_the_front(fleet, scan_png):
         with pytest.raises(openai.UnprocessableEntityError) as e:
             front.chat.completions.create(model="m", messages=describe, stream=stream)
         assert e.value.code == "prompt_not_supported"
+
+
+def test_a_backend_marked_down_names_itself_before_the_engine_has_noticed():
+    """A health check marks backends down before it updates the engine's error: a page taken in between gets
+    the backends' reasons, not a bare "no backend is up"."""
+    engine = RemoteEngine(Settings(_env_file=None, engine="remote", remote_urls=["http://127.0.0.1:9"]))
+    engine.backends[0].last_error = "health check: ConnectError: refused"
+    assert engine.error is None and not engine.backends[0].up
+    with pytest.raises(EngineUnavailable) as e:
+        asyncio.run(engine._acquire([]))
+    assert str(e.value) == "no backend is up: http://127.0.0.1:9: health check: ConnectError: refused"
 
 
 def test_killed_backend_gives_503_and_the_health_check_brings_it_back(fleet, scan_png):
