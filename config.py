@@ -88,7 +88,8 @@ class Settings(BaseSettings):
     vllm_instances: int = Field(
         1, ge=1, le=8,
         description="`vllm serve` children sharing the GPU (with VLLM_API_SERVERS != 0), each with 1/N of "
-        "GPU_MEM_UTILIZATION, MAX_CONCURRENCY and the API servers: N EngineCore loops on N cores (bench/RESULTS.md)",
+        "GPU_MEM_UTILIZATION, MAX_CONCURRENCY and the API servers: N EngineCore loops on N cores. Start an MPS daemon "
+        "first: without it they take turns on the GPU (0.89-0.93x one instance on an H100; bench/RESULTS.md)",
     )  # fmt: skip
     vllm_serve_port: int = Field(
         0, ge=0, le=65535, description="loopback port of that `vllm serve` (0: a free one; the Nth child: +N-1)"

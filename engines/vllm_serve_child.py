@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -49,6 +50,20 @@ def exit_text(code: int) -> str:
         if code < 0:
             return f"code {code} ({signal.Signals(-code).name})"
     return f"code {code}"
+
+
+def mps_running(env: Mapping[str, str]) -> bool:
+    """Whether an MPS control daemon answers where CUDA processes started with `env` look for it
+    (CUDA_MPS_PIPE_DIRECTORY, default /tmp/nvidia-mps): with it, the kernels of several processes on one GPU run
+    side by side instead of taking turns. A stale pipe (the daemon quit) refuses the connection."""
+    pipe = Path(env.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps") / "control"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(1)
+        try:
+            s.connect(str(pipe))
+        except OSError:
+            return False
+    return True
 
 
 class ServeChild:

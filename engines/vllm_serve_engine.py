@@ -43,7 +43,7 @@ from engines.api_lanes import Lanes
 from engines.page_files import PageFiles, choose_folder
 from engines.remote_engine import Backend, BackendFailed, RemoteEngine
 from engines.vllm_engine import FAMILIES, FAMILY_MODES, engine_args, from_cores, model_env, tuned_moe_folder
-from engines.vllm_serve_child import ServeChild, log_tail
+from engines.vllm_serve_child import ServeChild, log_tail, mps_running
 from engines.warmup import warm_requests
 from errors import InputError
 
@@ -208,6 +208,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
         self._warming = False
         self.warmup: dict | None = None  # pages, failed, seconds
         self.media_connector: str | None = None  # vLLM's, in the child (engines/vllm_page_loader.py)
+        self.mps: bool | None = None  # whether an MPS daemon answered when the children started
         if family := model_family(settings.model_path):
             self.modes, self.token_strategy = FAMILY_MODES[family]
 
@@ -295,6 +296,13 @@ class ManagedVLLMServeEngine(RemoteEngine):
         template = write_chat_template(work)
         env = child_env(self.settings, os.environ, self._env)
         self.media_connector = env.get("VLLM_MEDIA_CONNECTOR", "http")
+        self.mps = mps_running(env)
+        if self.instances > 1 and not self.mps:
+            log.warning(
+                "VLLM_INSTANCES=%d without an MPS control daemon: the children take turns on the GPU, which measured "
+                "0.89-0.93x one instance on an H100 (bench/RESULTS.md); start `nvidia-cuda-mps-control -d` first",
+                self.instances,
+            )
         deadline = t0 + self.settings.vllm_serve_start_timeout_s
         servers = max(1, api_servers(self.child_settings))
         for i, backend in enumerate(self.backends):
@@ -400,6 +408,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
             "shape": "vllm serve (managed)",
             "api_servers": api_servers(self.settings),
             "instances": self.instances,
+            "mps": self.mps,
             # the first child's (the only one by default): its port, pid, log and API processes
             **({"api_processes": first.lanes.info()} if first and first.lanes and self.instances == 1 else {}),
             "port": first.port if first else None,

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from engines import vllm_serve_engine
 from engines.factory import build_engine
 from engines.remote_engine import chat_body
 from engines.vllm_engine import VLLMEngine, engine_args, engine_prompt
-from engines.vllm_serve_child import exit_line
+from engines.vllm_serve_child import exit_line, mps_running
 from engines.vllm_serve_engine import (
     CHAT_TEMPLATE,
     NOT_SERVE_FLAGS,
@@ -150,6 +151,17 @@ def test_instances_split_the_gpu_memory_the_sequences_and_the_api_servers():
     engine = ManagedVLLMServeEngine(s)
     assert engine.capacity() == 512 and [b.limit for b in engine.backends] == [256, 256]  # 2 x 256, split
     assert ManagedVLLMServeEngine(Settings(_env_file=None, vllm_api_servers=2)).backends[0].limit == 512
+
+
+def test_mps_is_found_by_its_control_pipe_answering(tmp_path):
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path)}
+    assert not mps_running(env)  # no pipe
+    with socket.socket(socket.AF_UNIX) as daemon:
+        daemon.bind(str(tmp_path / "control"))
+        assert not mps_running(env)  # a pipe nobody listens on: the daemon quit
+        daemon.listen(1)
+        assert mps_running(env)
+    assert not mps_running({"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "none")})
 
 
 def test_api_servers_by_default_follow_the_cores():
@@ -315,6 +327,7 @@ def test_instances_take_turns_and_one_childs_death_stops_them_all(managed, pg9_p
         assert info["instances"] == 2 and len(set(urls)) == 2 and len(set(pids)) == 2
         assert [b["url"] for b in info["backends"]] == urls and info["pid"] == pids[0]
         assert [Path(c["log"]).name for c in children] == ["serve.log", "serve2.log"]
+        assert info["mps"] is False  # no MPS daemon here (a warning says so: the children take turns)
         for _ in range(4):
             r = client.post("/ocr/image/simple", files={"file": ("s.png", scan_png)})
             assert r.status_code == 200 and cer(r.json()["text"], OCR_TEST_TEXT) <= 0.1, r.text
