@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -53,17 +52,12 @@ def exit_text(code: int) -> str:
 
 
 def mps_running(env: Mapping[str, str]) -> bool:
-    """Whether an MPS control daemon answers where CUDA processes started with `env` look for it
+    """Whether an MPS control daemon runs where CUDA processes started with `env` look for it
     (CUDA_MPS_PIPE_DIRECTORY, default /tmp/nvidia-mps): with it, the kernels of several processes on one GPU run
-    side by side instead of taking turns. A stale pipe (the daemon quit) refuses the connection."""
-    pipe = Path(env.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps") / "control"
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(1)
-        try:
-            s.connect(str(pipe))
-        except OSError:
-            return False
-    return True
+    side by side instead of taking turns. The daemon keeps its pid file there while it runs and removes it when
+    it quits (its control socket stays behind; seen on an H100 host)."""
+    folder = Path(env.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps")
+    return (folder / "control").exists() and (folder / "nvidia-cuda-mps-control.pid").is_file()
 
 
 class ServeChild:

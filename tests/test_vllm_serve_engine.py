@@ -153,13 +153,15 @@ def test_instances_split_the_gpu_memory_the_sequences_and_the_api_servers():
     assert ManagedVLLMServeEngine(Settings(_env_file=None, vllm_api_servers=2)).backends[0].limit == 512
 
 
-def test_mps_is_found_by_its_control_pipe_answering(tmp_path):
+def test_mps_is_found_by_the_daemons_files(tmp_path):
+    """As the daemon leaves its folder on an H100 host: control socket and pid file while it runs, the socket
+    alone after it quit."""
     env = {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path)}
-    assert not mps_running(env)  # no pipe
-    with socket.socket(socket.AF_UNIX) as daemon:
-        daemon.bind(str(tmp_path / "control"))
-        assert not mps_running(env)  # a pipe nobody listens on: the daemon quit
-        daemon.listen(1)
+    assert not mps_running(env)  # no daemon ever
+    with socket.socket(socket.AF_UNIX) as control:
+        control.bind(str(tmp_path / "control"))
+        assert not mps_running(env)  # the socket it left when it quit
+        (tmp_path / "nvidia-cuda-mps-control.pid").write_text("37\n")
         assert mps_running(env)
     assert not mps_running({"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "none")})
 
