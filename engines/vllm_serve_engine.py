@@ -6,8 +6,9 @@ in-process, 1.01x with `vllm serve --api-server-count 8`; bench/RESULTS.md). So 
 the in-process engine (engine_args), this service's vLLM plugin (every mode), repetition guard and MoE table,
 and sends it pages as the remote engine does.
 - VLLM_INSTANCES=K runs K such children on the one GPU, each with 1/K of its memory, of MAX_CONCURRENCY and of
-  the API servers, each its own backend: one EngineCore's Python loop (scheduling, outputs) is what keeps the
-  GPU waiting under a burst, and K of them run on K cores.
+  the API servers, each its own backend: one EngineCore's Python loop (scheduling, outputs) keeps the GPU
+  waiting part of a burst, and K of them run on K cores. Only with an MPS daemon: without one the children
+  take turns on the GPU (0.89-0.93x one instance on an H100; with it 1.03-1.09x, within the spread; RESULTS).
 - start(): spawn each child (engines/vllm_serve_child.py) in its own process group (its API servers and
   EngineCore join it), log to DATA_DIR/vllm_serve/serve.log (serve2.log, ...), wait for its /health; a child
   that exits or never answers leaves the reason (exit code, last log lines) in /ready while /health keeps answering.
@@ -208,7 +209,7 @@ class ManagedVLLMServeEngine(RemoteEngine):
         self._warming = False
         self.warmup: dict | None = None  # pages, failed, seconds
         self.media_connector: str | None = None  # vLLM's, in the child (engines/vllm_page_loader.py)
-        self.mps: bool | None = None  # whether an MPS daemon answered when the children started
+        self.mps: bool | None = None  # whether an MPS daemon ran when the children started
         if family := model_family(settings.model_path):
             self.modes, self.token_strategy = FAMILY_MODES[family]
 
