@@ -24,19 +24,11 @@ import time
 from pathlib import Path
 
 from gpu_watch import GpuBusy, engine_core_pids, start_profile
-from PIL import Image, ImageDraw
+from pages import page_image
 from pyspy_summary import report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown. "
-
-
-def page(p: int, w: int = 1240, h: int = 1754) -> Image.Image:
-    im = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(im)
-    for y in range(60, h - 60, 28):
-        d.text((60, y), f"Page {p} line {y} lorem ipsum dolor sit amet consectetur {p * y}", fill="black")
-    return im
 
 
 def phase_means(outs: list) -> dict:
@@ -116,7 +108,7 @@ def main() -> None:
     )  # fmt: skip
     print(f"engine up in {time.time() - t0:.1f} s (guard {args.guard})", flush=True)
     tag = args.tag or f"{args.guard}-u{int(vllm_pixels.enabled())}"
-    inputs = [{"prompt": PROMPT, "multi_modal_data": {"image": page(p)}} for p in range(args.pages)]
+    inputs = [{"prompt": PROMPT, "multi_modal_data": {"image": page_image(p)}} for p in range(args.pages)]
     guard = {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}
     rule = (guard["ngram_size"], guard["window_size"], set(guard["whitelist_token_ids"]))
 
@@ -126,7 +118,7 @@ def main() -> None:
             extra_args=guard if guarded else None,
         )  # fmt: skip
 
-    warm = [{"prompt": PROMPT, "multi_modal_data": {"image": page(10_000)}}] * 2
+    warm = [{"prompt": PROMPT, "multi_modal_data": {"image": page_image(10_000)}}] * 2
     llm.generate(warm, params(args.guard != "none"))
     passes = args.passes.split(",")
     for i, kind in enumerate(passes):

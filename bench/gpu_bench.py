@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import io
 import json
 import multiprocessing
 import os
@@ -42,22 +41,12 @@ from pathlib import Path
 
 import httpx
 from gpu_watch import CpuSplit, GpuBusy, engine_core_pids, start_profile, titled_pids
-from PIL import Image, ImageDraw
+from pages import page_png
 from pyspy_summary import report
 from service import start_service, stop_service
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown. "
 MIXED_TIMEOUT_S = 150  # a mixed-mode request still unanswered by then counts as hung (ReadTimeout)
-
-
-def synthetic_page(p: int, w: int = 1240, h: int = 1754) -> bytes:
-    im = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(im)
-    for y in range(60, h - 60, 28):
-        d.text((60, y), f"Page {p} line {y} lorem ipsum dolor sit amet consectetur {p * y}", fill="black")
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def b64(data: bytes) -> str:
@@ -121,7 +110,7 @@ def rate(kind: str, pages: int, dt: float, outs: list[dict], **extra) -> None:
 
 
 def phase_modes(base: str, modes: list[str]) -> None:
-    pages = {"tall": synthetic_page(1), "wide": synthetic_page(2, 1754, 1240), "square": synthetic_page(3, 1400, 1400)}
+    pages = {"tall": page_png(1), "wide": page_png(2, 1754, 1240), "square": page_png(3, 1400, 1400)}
     rows, text_tokens = [], set()
     with httpx.Client(base_url=base, timeout=600) as c:
         for mode in modes:
@@ -145,7 +134,7 @@ def phase_modes(base: str, modes: list[str]) -> None:
 def phase_mixed(base: str, modes: list[str], per_mode: int) -> None:
     """Every mode at once (`per_mode` requests each, tall and wide pages): requests of different modes share
     engine steps, so their images reach the encoder in one batch of different sizes."""
-    pngs = [synthetic_page(1), synthetic_page(2, 1754, 1240)]
+    pngs = [page_png(1), page_png(2, 1754, 1240)]
     bodies = [{"prompt": "free", "image_base64": b64(pngs[i % 2]), "mode": m, "max_tokens": 8}
               for m in modes for i in range(per_mode)]  # fmt: skip
 
@@ -172,7 +161,7 @@ def phase_mixed(base: str, modes: list[str], per_mode: int) -> None:
 
 
 def phase_mode_rates(base: str, modes: list[str], pages: int, out_tokens: int) -> None:
-    pngs = [b64(synthetic_page(p)) for p in range(pages)]
+    pngs = [b64(page_png(p)) for p in range(pages)]
     for mode in modes:
         body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True, "mode": mode}
         try:
@@ -320,7 +309,7 @@ def phase_burst(
     base: str, pages: int, out_tokens: int, passes: int, label: str, pid: int, profile_s: float, metrics_url: str,
     profile_target: str = "front", serve_port: int | None = None,
 ) -> None:  # fmt: skip
-    pngs = [b64(synthetic_page(p)) for p in range(pages)]
+    pngs = [b64(page_png(p)) for p in range(pages)]
     body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True, "mode": "gundam"}
     prof = Path(os.environ.get("OUT", tempfile.gettempdir())) / f"pyspy_{label}_{profile_target}.txt"
     gil = False  # every busy thread (PIL and zlib release the GIL: GIL holders alone missed this service's decodes)
@@ -351,7 +340,7 @@ def rss_mb(pid: int) -> float:
 
 
 async def soak(base: str, n: int, conc: int, out_tokens: int, leave: float) -> dict:
-    pngs = [b64(synthetic_page(p, 620, 877)) for p in range(16)]
+    pngs = [b64(page_png(p, 620, 877)) for p in range(16)]
     sem = asyncio.Semaphore(conc)
     statuses: dict[str, int] = {}
     rnd = random.Random(0)
@@ -393,7 +382,7 @@ def phase_soak(base: str, pid: int, n: int, conc: int, out_tokens: int, metrics_
 
 
 def phase_death(base: str, server, out_tokens: int) -> None:
-    pngs = [b64(synthetic_page(p)) for p in range(64)]
+    pngs = [b64(page_png(p)) for p in range(64)]
     body = {"prompt": PROMPT, "max_tokens": out_tokens, "ignore_eos": True}
 
     async def burst() -> list:
@@ -471,7 +460,7 @@ def main() -> None:
         metrics_url = " ".join(c["url"] for c in children) if managed else base
         print(f"service up in {time.time() - t0:.0f} s: {json.dumps(info)}", flush=True)
         modes = list(httpx.get(f"{base}/ocr/info").json()["modes"])
-        warm = {"prompt": PROMPT, "max_tokens": 8, "image_base64": b64(synthetic_page(0))}
+        warm = {"prompt": PROMPT, "max_tokens": 8, "image_base64": b64(page_png(0))}
         asyncio.run(send_all(base, [warm, warm]))
         for phase in phases:
             t1 = time.time()

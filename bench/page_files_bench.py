@@ -29,7 +29,7 @@ import torch
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpu_bench import synthetic_page
+from pages import page_png
 
 from engines import vllm_page_loader, vllm_views
 from engines.page_files import PageFiles, choose_folder
@@ -64,7 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pages", type=int, default=20)
     args = ap.parse_args()
-    upload = synthetic_page(0)  # an A4 PNG at 150 dpi, as the GPU bench sends
+    upload = page_png(0)  # an A4 PNG at 150 dpi, as the GPU bench sends
     page = Image.open(io.BytesIO(upload)).convert("RGB")
     folder = choose_folder(Path(tempfile.mkdtemp()))
     files = PageFiles(folder)
@@ -83,7 +83,7 @@ def main() -> None:
         write_new = per_page_ms(lambda i: write(folder / f"new{i}.ppm", raw, "wb"), args.pages)
         write_over = per_page_ms(lambda i: write(fresh[i % len(fresh)], raw, "r+b"), args.pages)  # no truncation
         pixels, uploads = [], []
-        sources = [synthetic_page(i) for i in range(args.pages)]  # all different, as in a burst
+        sources = [page_png(i) for i in range(args.pages)]  # all different, as in a burst
         service_pixels = per_page_ms(
             lambda i: pixels.append(files.write(load_page(sources[i], MAX_PIXELS)[0])), args.pages
         )

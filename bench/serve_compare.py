@@ -23,8 +23,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gpu_bench import synthetic_page, vllm_front, vllm_time_sums
+from gpu_bench import vllm_front, vllm_time_sums
 from gpu_watch import CpuSplit, GpuBusy
+from pages import page_png
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -76,7 +77,7 @@ async def peer_burst(ports: list[int], model: str, pages: int, out_tokens: int, 
         )
         for port in ports
     ]  # fmt: skip
-    urls = ["data:image/png;base64," + base64.b64encode(synthetic_page(p)).decode() for p in range(pages)]
+    urls = ["data:image/png;base64," + base64.b64encode(page_png(p)).decode() for p in range(pages)]
     extra = {"ignore_eos": True, "skip_special_tokens": False, "vllm_xargs": GUARD}
 
     async def one(url: str, k: int = 0) -> int:
