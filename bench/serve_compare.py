@@ -58,12 +58,8 @@ def start_vllm(model: str, port: int, api_servers: int, log: Path, gpu_share: fl
 
 
 def time_sums(ports: list[int]) -> dict[str, float]:
-    """vLLM's per-request time histograms, summed over every instance."""
-    total: dict[str, float] = {}
-    for port in ports:
-        for k, v in vllm_time_sums(f"http://127.0.0.1:{port}/metrics").items():
-            total[k] = total.get(k, 0.0) + v
-    return total
+    """vLLM's per-request time histograms, summed over every instance (gpu_bench.scrape reads them all)."""
+    return vllm_time_sums(" ".join(f"http://127.0.0.1:{port}" for port in ports))
 
 
 async def peer_burst(ports: list[int], model: str, pages: int, out_tokens: int, passes: int = 1) -> list[dict]:
