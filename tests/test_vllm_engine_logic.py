@@ -166,7 +166,7 @@ def test_shipped_moe_configs_are_what_vllm_reads():
 
     files = sorted(MOE_CONFIGS.glob("E=*.json"))
     names = [f.name for f in files]
-    # vLLM's get_config_file_name for the H100 80GB and the H200 (what torch.cuda.get_device_name says, spaces -> _)
+    # vLLM's get_config_file_name: the device name with spaces as _, every H200 variant folded to NVIDIA_H200
     assert "E=64,N=896,device_name=NVIDIA_H100_80GB_HBM3.json" in names
     assert "E=64,N=896,device_name=NVIDIA_H200.json" in names
     assert tuned_moe_folder() == str(MOE_CONFIGS)
