@@ -424,7 +424,7 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=256)
     ap.add_argument("--out-tokens", type=int, default=1000)
     ap.add_argument("--passes", type=int, default=2)
-    ap.add_argument("--mode-pages", type=int, default=64)
+    ap.add_argument("--mode-pages", type=int, help="pages at once per mode in mode_rates (default: --pages)")
     ap.add_argument("--rate-modes", default="", help="modes for mode_rates, comma-separated (default: all)")
     ap.add_argument("--soak-requests", type=int, default=2000)
     ap.add_argument("--soak-concurrency", type=int, default=256)
@@ -471,7 +471,7 @@ def main() -> None:
                     phase_mixed(base, modes, 8)
                 elif phase == "mode_rates":
                     picked = [m for m in args.rate_modes.split(",") if m] or modes
-                    phase_mode_rates(base, picked, args.mode_pages, args.out_tokens)
+                    phase_mode_rates(base, picked, args.mode_pages or args.pages, args.out_tokens)
                 elif phase == "burst":
                     phase_burst(
                         base, args.pages, args.out_tokens, args.passes, args.label, server.pid, args.profile_s,
