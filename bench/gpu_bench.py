@@ -171,6 +171,18 @@ def phase_mode_rates(base: str, modes: list[str], pages: int, out_tokens: int) -
             result(kind=f"mode-{mode}", error=str(e)[:300])
 
 
+def keep_child_logs(info: dict, out: Path, keep: int = 1 << 20) -> None:
+    """Copy the last `keep` bytes of each managed `vllm serve` child's log beside the service's log (the child
+    logs at INFO: which MoE config it read, its warnings), as vllm_serve_N.log."""
+    logs = [c.get("log") for c in info.get("children") or [info]]
+    for n, path in enumerate(p for p in logs if p):
+        src = Path(path)
+        if src.is_file() and src.parent != out:
+            with src.open("rb") as f:
+                f.seek(max(0, src.stat().st_size - keep))
+                (out / f"vllm_serve_{n}.log").write_bytes(f.read())
+
+
 VLLM_TIMES = (
     "e2e_request_latency", "request_queue_time", "request_inference_time", "time_to_first_token",
     "request_prefill_time", "request_decode_time",
@@ -452,6 +464,7 @@ def main() -> None:
     t0 = time.time()
     flags = ("--log-level", "warning", *(a for a in args.uvicorn_args.split(",") if a))
     server, base = start_service(env, log=log, timeout=900, uvicorn_args=flags)
+    info: dict = {}
     try:
         info = httpx.get(f"{base}/").json()["engine"]
         # vLLM's gauges and histograms: this service's /metrics in-process, the managed child's with VLLM_API_SERVERS
@@ -489,6 +502,7 @@ def main() -> None:
     finally:
         if server.poll() is None:
             stop_service(server, grace=20)
+        keep_child_logs(info, log.parent)
 
 
 if __name__ == "__main__":
