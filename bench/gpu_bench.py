@@ -171,11 +171,10 @@ def phase_mode_rates(base: str, modes: list[str], pages: int, out_tokens: int) -
             result(kind=f"mode-{mode}", error=str(e)[:300])
 
 
-def keep_child_logs(info: dict, out: Path, keep: int = 1 << 20) -> None:
-    """Copy the last `keep` bytes of each managed `vllm serve` child's log beside the service's log (the child
-    logs at INFO: which MoE config it read, its warnings), as vllm_serve_N.log."""
-    logs = [c.get("log") for c in info.get("children") or [info]]
-    for n, path in enumerate(p for p in logs if p):
+def keep_child_logs(children: list[dict], out: Path, keep: int = 1 << 20) -> None:
+    """Copy the last `keep` bytes of each managed `vllm serve` child's log (its entry's "log") beside the service's
+    log (the child logs at INFO: which MoE config it read, its warnings), as vllm_serve_N.log."""
+    for n, path in enumerate(p for p in (c.get("log") for c in children) if p):
         src = Path(path)
         if src.is_file() and src.parent != out:
             with src.open("rb") as f:
@@ -464,13 +463,14 @@ def main() -> None:
     t0 = time.time()
     flags = ("--log-level", "warning", *(a for a in args.uvicorn_args.split(",") if a))
     server, base = start_service(env, log=log, timeout=900, uvicorn_args=flags)
-    info: dict = {}
+    children: list[dict] = []  # the managed `vllm serve` children as `/` lists them: url (or port), log, ...
     try:
         info = httpx.get(f"{base}/").json()["engine"]
-        # vLLM's gauges and histograms: this service's /metrics in-process, the managed child's with VLLM_API_SERVERS
+        # vLLM's gauges and histograms: this service's /metrics in-process, the managed children's with VLLM_API_SERVERS
         managed = info.get("shape") == "vllm serve (managed)"  # VLLM_API_SERVERS: -1 (default) on a GPU box, or N
-        children = info.get("children") or [{"url": f"http://127.0.0.1:{env['VLLM_SERVE_PORT']}"}]
-        metrics_url = " ".join(c["url"] for c in children) if managed else base
+        children = (info.get("children") or [info]) if managed else []
+        # a child's entry has its url; the one child's port stands at the top level
+        metrics_url = " ".join(c.get("url") or f"http://127.0.0.1:{c['port']}" for c in children) if managed else base
         print(f"service up in {time.time() - t0:.0f} s: {json.dumps(info)}", flush=True)
         modes = list(httpx.get(f"{base}/ocr/info").json()["modes"])
         warm = {"prompt": PROMPT, "max_tokens": 8, "image_base64": b64(page_png(0))}
@@ -502,7 +502,7 @@ def main() -> None:
     finally:
         if server.poll() is None:
             stop_service(server, grace=20)
-        keep_child_logs(info, log.parent)
+        keep_child_logs(children, log.parent)
 
 
 if __name__ == "__main__":

@@ -16,20 +16,20 @@ def test_each_childs_log_tail_is_kept_as_vllm_serve_n(tmp_path):
     first, second = tmp_path / "a.log", tmp_path / "b.log"
     first.write_bytes(b"early lines " * 10 + b"Using configuration from E=64.json")
     second.write_text("child two")
-    info = {"children": [{"log": str(first)}, {"log": str(second)}, {"log": str(tmp_path / "gone.log")}]}
-    keep_child_logs(info, out, keep=34)
+    children = [{"log": str(first)}, {"log": str(second)}, {"log": str(tmp_path / "gone.log")}]
+    keep_child_logs(children, out, keep=34)
     assert sorted(p.name for p in out.iterdir()) == ["vllm_serve_0.log", "vllm_serve_1.log"]
     assert (out / "vllm_serve_0.log").read_text() == "Using configuration from E=64.json"
     assert (out / "vllm_serve_1.log").read_text() == "child two"
 
 
-def test_one_child_or_an_in_process_engine(tmp_path):
+def test_one_child_or_none(tmp_path):
     log = tmp_path / "child.log"
     log.write_text("one child")
-    keep_child_logs({"log": str(log)}, tmp_path)  # already beside the bench's log: nothing to copy
-    keep_child_logs({"shape": "in-process"}, tmp_path)  # no child log
+    keep_child_logs([{"log": str(log)}], tmp_path)  # already beside the bench's log: nothing to copy
+    keep_child_logs([], tmp_path)  # the in-process engine: no children
     assert sorted(p.name for p in tmp_path.iterdir()) == ["child.log"]
     out = tmp_path / "out"
     out.mkdir()
-    keep_child_logs({"log": str(log)}, out)
+    keep_child_logs([{"log": str(log)}], out)
     assert (out / "vllm_serve_0.log").read_text() == "one child"
