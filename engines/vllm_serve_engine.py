@@ -136,11 +136,17 @@ def page_connector(settings: Settings, family: str | None) -> dict[str, str]:
     return {}
 
 
+# this service's own settings named VLLM_* (VLLM_SERVE_PORT, ...): the child does not read them, and vLLM warns
+# "Unknown vLLM environment variable detected" for each one it finds
+OWN_VLLM_SETTINGS = frozenset(n.upper() for n in Settings.model_fields if n.upper().startswith("VLLM_"))
+
+
 def child_env(settings: Settings, base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """The managed child's whole environment: the page connector unless `base` names one, this service's
-    environment, the model classes' switches, then `extra` (tests)."""
+    environment less its own VLLM_* settings, the model classes' switches, then `extra` (tests)."""
     connector = page_connector(settings, model_family(settings.model_path))
-    return serve_env({**connector, **base, **model_env(settings), **extra})
+    inherited = {k: v for k, v in base.items() if k.upper() not in OWN_VLLM_SETTINGS}
+    return serve_env({**connector, **inherited, **model_env(settings), **extra})
 
 
 def write_chat_template(folder: Path) -> Path:

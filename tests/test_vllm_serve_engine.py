@@ -112,6 +112,15 @@ def test_serve_env_makes_the_repo_importable(monkeypatch, tmp_path):
     assert serve_env({"VLLM_TUNED_CONFIG_FOLDER": "/mine"})["VLLM_TUNED_CONFIG_FOLDER"] == "/mine"
 
 
+def test_the_child_does_not_inherit_this_services_own_vllm_settings():
+    """VLLM_SERVE_PORT and the like are this service's settings; vLLM warns of each unknown VLLM_* variable it finds."""
+    assert {"VLLM_SERVE_PORT", "VLLM_API_SERVERS", "VLLM_INSTANCES"} <= vllm_serve_engine.OWN_VLLM_SETTINGS
+    base = {"VLLM_SERVE_PORT": "18000", "vllm_api_servers": "4", "VLLM_TUNED_CONFIG_FOLDER": "/m", "HOME": "/root"}
+    env = vllm_serve_engine.child_env(Settings(_env_file=None), base, {})
+    assert "VLLM_SERVE_PORT" not in env and "vllm_api_servers" not in env
+    assert env["VLLM_TUNED_CONFIG_FOLDER"] == "/m" and env["HOME"] == "/root"  # vLLM's own and the rest: kept
+
+
 def test_the_chat_template_gives_vllm_the_in_process_prompt():
     """vLLM's "string" content format puts the image placeholder before the text part ("<image>\\n" + text);
     the template passes that on as the whole prompt, which must be what the in-process engine sends."""
