@@ -117,10 +117,16 @@ def serve_argv(settings: Settings, port: int, template_path: Path | str, media_d
     ]  # fmt: skip
 
 
+# this service's own settings named VLLM_* (VLLM_SERVE_PORT, ...): no `vllm serve` reads them, and vLLM warns
+# "Unknown vLLM environment variable detected" for each one it finds
+OWN_VLLM_SETTINGS = frozenset(n.upper() for n in Settings.model_fields if n.upper().startswith("VLLM_"))
+
+
 def serve_env(base: Mapping[str, str]) -> dict[str, str]:
-    """The child's environment: the repo importable (guard, plugin, middleware), the tuned MoE configs if any,
-    idle connections kept (the lanes to its API processes stay where they were placed)."""
-    env = dict(base)
+    """A `vllm serve`'s environment: `base` less this service's own VLLM_* settings, the repo importable (guard,
+    plugin, middleware), the tuned MoE configs if any, idle connections kept (the lanes to its API processes stay
+    where they were placed)."""
+    env = {k: v for k, v in base.items() if k.upper() not in OWN_VLLM_SETTINGS}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), base.get("PYTHONPATH", "")) if p)
     env.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", str(KEEP_ALIVE_S))
     if folder := tuned_moe_folder():
@@ -136,17 +142,11 @@ def page_connector(settings: Settings, family: str | None) -> dict[str, str]:
     return {}
 
 
-# this service's own settings named VLLM_* (VLLM_SERVE_PORT, ...): the child does not read them, and vLLM warns
-# "Unknown vLLM environment variable detected" for each one it finds
-OWN_VLLM_SETTINGS = frozenset(n.upper() for n in Settings.model_fields if n.upper().startswith("VLLM_"))
-
-
 def child_env(settings: Settings, base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """The managed child's whole environment: the page connector unless `base` names one, this service's
-    environment less its own VLLM_* settings, the model classes' switches, then `extra` (tests)."""
+    environment, the model classes' switches, then `extra` (tests), through serve_env."""
     connector = page_connector(settings, model_family(settings.model_path))
-    inherited = {k: v for k, v in base.items() if k.upper() not in OWN_VLLM_SETTINGS}
-    return serve_env({**connector, **inherited, **model_env(settings), **extra})
+    return serve_env({**connector, **base, **model_env(settings), **extra})
 
 
 def write_chat_template(folder: Path) -> Path:

@@ -119,6 +119,7 @@ def test_the_child_does_not_inherit_this_services_own_vllm_settings():
     env = vllm_serve_engine.child_env(Settings(_env_file=None), base, {})
     assert "VLLM_SERVE_PORT" not in env and "vllm_api_servers" not in env
     assert env["VLLM_TUNED_CONFIG_FOLDER"] == "/m" and env["HOME"] == "/root"  # vLLM's own and the rest: kept
+    assert "VLLM_SERVE_PORT" not in serve_env(base)  # the bench's own `vllm serve` (serve_compare) too
 
 
 def test_the_chat_template_gives_vllm_the_in_process_prompt():
